@@ -1,0 +1,63 @@
+# vllm-fleet entry points.  `make lab` and `make test` are the two commands a
+# newcomer needs; everything else is a building block of those two.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+
+VENV      ?= .venv
+PY        := $(VENV)/bin/python
+BIN       := $(VENV)/bin
+LAB       ?= .lab
+SUITES    ?= bookworm
+SCENARIOS ?= default
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: help venv images lab-assets lab lab-down lint unit molecule test bench clean
+
+help:
+	@echo "make lab       bring up the local lab and serve a completion through it"
+	@echo "make test      lint + unit tests + Molecule scenarios ($(SCENARIOS))"
+	@echo "make bench     measurements (prints tables; see bench/README.md)"
+	@echo "make lab-down  remove the lab containers"
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+images:
+	scripts/lab-images.sh $(SUITES)
+
+# Wheelhouse + lock file for the vLLM CPU build, the tiny model, lab secrets.
+lab-assets: venv
+	scripts/lab-assets.sh $(LAB)
+
+lab: venv images lab-assets
+	$(BIN)/ansible-playbook playbooks/lab.yml
+	$(BIN)/ansible-playbook -i inventories/lab site.yml
+	scripts/lab-completion.sh
+
+lab-down: venv
+	$(BIN)/ansible-playbook playbooks/lab.yml -e lab_state=absent
+
+lint: venv
+	$(BIN)/yamllint -s .
+	$(BIN)/ansible-lint --offline
+	$(PY) scripts/role-docs.py --check
+
+unit: venv
+	$(BIN)/pytest -q tests/unit
+
+molecule: venv images lab-assets
+	for s in $(SCENARIOS); do $(BIN)/molecule test -s $$s; done
+
+test: lint unit molecule
+
+bench: venv images lab-assets
+	$(PY) bench/run.py
+
+clean: lab-down
+	rm -rf $(LAB) .cache
