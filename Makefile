@@ -8,7 +8,7 @@ PY        := $(VENV)/bin/python
 BIN       := $(VENV)/bin
 LAB       ?= .lab
 SUITES    ?= bookworm
-SCENARIOS ?= default
+SCENARIOS ?= default cluster
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
@@ -26,7 +26,13 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
-venv: $(VENV)/.installed
+# sslyze pins an older cryptography than ansible: it gets a venv of its own.
+.venv-sslyze/.installed:
+	python3 -m venv .venv-sslyze
+	.venv-sslyze/bin/pip install --quiet sslyze==6.3.1
+	touch $@
+
+venv: $(VENV)/.installed .venv-sslyze/.installed
 
 images:
 	scripts/lab-images.sh $(SUITES)
@@ -37,6 +43,7 @@ lab-assets: venv
 
 lab: venv images lab-assets
 	$(BIN)/ansible-playbook playbooks/lab.yml
+	$(BIN)/ansible-playbook -i inventories/lab playbooks/lab-pki.yml
 	$(BIN)/ansible-playbook -i inventories/lab site.yml
 	scripts/lab-completion.sh
 
@@ -49,10 +56,10 @@ lint: venv
 	$(PY) scripts/role-docs.py --check
 
 unit: venv
-	$(BIN)/pytest -q tests/unit
+	$(BIN)/pytest -q tests/unit tests/preflight
 
 molecule: venv images lab-assets
-	for s in $(SCENARIOS); do $(BIN)/molecule test -s $$s; done
+	for s in $(SCENARIOS); do $(BIN)/molecule test -s $$s || exit 1; done
 
 test: lint unit molecule
 

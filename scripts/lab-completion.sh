@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# Serve one completion through the lab and print it.  The internal API key is
-# read inside the node from its root-only EnvironmentFile and given to curl on
-# stdin, never on a command line.
+# Serve one completion through the whole lab stack and print it:
+# client -> VIP 172.31.240.100:443 (nginx on the VRRP master; TLS verified
+# against the lab CA; client key) -> least_conn upstream -> vLLM on a node
+# (internal key).  The client key is handed to curl on stdin, never argv.
 set -euo pipefail
-node=${1:-lab-node1}
-prompt=${2:-Hello fleet}
-body=$(printf '{"model": "tiny-llama", "prompt": "%s", "max_tokens": 16}' "$prompt")
-docker exec -i "$node" sh -c '. /etc/vllm/default.env && printf "Authorization: Bearer %s" "$VLLM_API_KEY" |
-  curl -sS --fail-with-body -H @- -H "Content-Type: application/json" --data-binary @/dev/fd/3 \
-  http://127.0.0.1:8000/v1/completions 3<<EOF_BODY
-'"$body"'
-EOF_BODY'
+cd "$(dirname "$0")/.."
+lab=${VLLM_FLEET_LAB_DIR:-.lab}
+vip=${LAB_VIP:-172.31.240.100}
+prompt=${1:-Hello fleet}
+printf 'Authorization: Bearer %s\n' "$(cat "$lab/secrets/client-lab-alice")" |
+  curl -sS --fail-with-body --cacert "$lab/pki/ca.crt" -H @- -H 'Content-Type: application/json' \
+    --data "{\"model\": \"tiny-llama\", \"prompt\": \"${prompt//\"/}\", \"max_tokens\": 16}" \
+    "https://$vip/v1/completions"
 echo

@@ -1,7 +1,7 @@
 """Filters used by the vllm-fleet roles; thin wrappers over ``vllm_fleet``."""
 from __future__ import annotations
 
-from vllm_fleet import engine_config, requirements
+from vllm_fleet import engine_config, gateway, requirements
 
 
 def _lines(value):
@@ -19,4 +19,14 @@ class FilterModule:
             "vllm_instance_config": engine_config.instance_config,
             "vllm_path_ancestors": engine_config.path_ancestors,
             "vllm_pip_unmet": pip_unmet,
+            "vllm_fleet_backends": gateway.backends,
+            "vllm_fleet_gateway_clients": gateway.clients,
+            "vllm_fleet_limit_zones": gateway.limit_zones,
+            "vllm_fleet_rate": gateway.rate_spec,
+            "vllm_fleet_client_problems": gateway.client_problems,
+            "vllm_fleet_in_subnet": gateway.in_subnet,
+            "vllm_fleet_interface_of": gateway.interface_of,
+            "vllm_fleet_vrrp_priorities": gateway.vrrp_priorities,
+            "vllm_fleet_vip_owners": gateway.vip_owners,
+            "vllm_fleet_vrid_clashes": gateway.vrid_clashes,
         }

@@ -171,6 +171,22 @@ def test_hold_of_another_branch_takes_nothing():
     assert nd.nvidia_driver_hold_candidates(DPKG, "590") == []
 
 
+def test_hold_changes_only_what_is_not_held_yet():
+    # nvidia-driver-cuda is already held ("hi"); the others of the branch are not.
+    changes = nd.nvidia_driver_hold_changes(DPKG, "580", True)
+    assert "nvidia-driver-cuda" not in changes
+    assert changes == [name for name in nd.nvidia_driver_hold_candidates(DPKG, "580") if name != "nvidia-driver-cuda"]
+
+
+def test_hold_changes_on_a_converged_host_are_none():
+    held = "\n".join("hi  %s 580.95.05-1" % name for name in ["libcuda1", "nvidia-driver-cuda", "nvidia-smi"])
+    assert nd.nvidia_driver_hold_changes(held, "580", True) == []
+
+
+def test_releasing_the_hold_touches_only_held_packages():
+    assert nd.nvidia_driver_hold_changes(DPKG, "580", False) == ["nvidia-driver-cuda"]
+
+
 def test_versioned_names_carry_the_glob():
     assert nd.nvidia_driver_versioned(["nvidia-open", "nvidia-persistenced"], "580.*") == [
         "nvidia-open=580.*",

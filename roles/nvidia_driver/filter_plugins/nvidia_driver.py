@@ -146,6 +146,25 @@ def nvidia_driver_hold_candidates(dpkg_query: str, branch: str, pattern: str = D
     return sorted(set(names))
 
 
+def nvidia_driver_hold_changes(dpkg_query: str, branch: str, hold: bool = True,
+                               pattern: str = DRIVER_PACKAGE_PATTERN) -> list[str]:
+    """The packages of :func:`nvidia_driver_hold_candidates` whose dpkg selection must change.
+
+    With ``hold`` those not yet on hold (first status letter is not ``h``);
+    without it those that are, so they go back to ``install``.  A converged host
+    gives an empty list, so the role runs no dpkg_selections task at all.
+    """
+    wanted = set(nvidia_driver_hold_candidates(dpkg_query, branch, pattern))
+    changes = []
+    for line in (dpkg_query or "").splitlines():
+        fields = line.split()
+        if len(fields) != 3 or fields[1] not in wanted:
+            continue
+        if (fields[0][0] == "h") != bool(hold):
+            changes.append(fields[1])
+    return sorted(set(changes))
+
+
 def nvidia_driver_versioned(packages: Iterable[str], version_glob: str) -> list[str]:
     """``name=<glob>`` for each package, so apt installs the branch's build of each."""
     return ["%s=%s" % (name, version_glob) for name in packages]
@@ -180,6 +199,7 @@ class FilterModule:
             "nvidia_driver_skip_reasons": nvidia_driver_skip_reasons,
             "nvidia_driver_module_plan": nvidia_driver_module_plan,
             "nvidia_driver_hold_candidates": nvidia_driver_hold_candidates,
+            "nvidia_driver_hold_changes": nvidia_driver_hold_changes,
             "nvidia_driver_versioned": nvidia_driver_versioned,
             "nvidia_driver_key_fingerprints": nvidia_driver_key_fingerprints,
         }

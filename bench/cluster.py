@@ -1,0 +1,185 @@
+#!/usr/bin/env python3
+"""Failover gap and proxy overhead in the two-node cluster lab.
+
+    molecule converge -s cluster && python bench/cluster.py [--runs N] [--requests N]
+
+Failover gap: a client on the Docker host polls the VIP every 50 ms with a
+1-token completion (TLS, lab CA, client key) and measures the time from the
+fault to the first successful answer.  Faults, each repeated --runs times on
+whichever node holds the VIP, and undone before the next run:
+  - node freeze (`docker pause`: nginx, keepalived and vLLM stop at once) - hard
+  - vLLM killed with SIGKILL                                                - hard
+  - keepalived killed with SIGKILL                                          - hard
+  - keepalived stopped (`systemctl stop`, priority-0 advert)                - graceful
+
+Proxy overhead: from inside cluster-node1, --requests streamed 64-token
+completions alternately through the VIP (TLS, nginx, internal key swap) and
+directly to cluster-node2's vLLM; time to first token and inter-chunk
+intervals, medians.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+import requests
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+LAB = ROOT / ".lab"
+NODES = {"cluster-node1": "172.31.250.11", "cluster-node2": "172.31.250.12"}
+VIP = "172.31.250.100"
+
+
+def secret(name: str) -> str:
+    return (LAB / "secrets" / name).read_text().split()[0]
+
+
+def sh(node: str, cmd: str, stdin: str | None = None) -> str:
+    proc = subprocess.run(["docker", "exec", "-i", node, "sh", "-c", cmd], input=stdin,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"{node}: {cmd}: {proc.stdout}{proc.stderr}")
+    return proc.stdout
+
+
+def holder() -> str:
+    return next(n for n in NODES if VIP in sh(n, "ip -4 -o addr show"))
+
+
+def wait_ready(node: str) -> None:
+    sh(node, ". /etc/vllm/default.env && export VLLM_API_KEY && /opt/vllm/venv/bin/python /opt/vllm/wait-ready "
+             f"vllm@default.service http://{NODES[node]}:8000 tiny-llama 300")
+
+
+class Poller:
+    """Polls the VIP every 50 ms; records (time, ok) for each answer."""
+
+    def __init__(self) -> None:
+        self.session = requests.Session()
+        self.session.verify = str(LAB / "pki" / "ca.crt")
+        self.headers = {"Authorization": f"Bearer {secret('client-lab-alice')}"}
+        self.results: list[tuple[float, bool]] = []
+        self.stop = threading.Event()
+
+    def poll_once(self) -> bool:
+        try:
+            reply = self.session.post(f"https://{VIP}/v1/completions", headers=self.headers, timeout=1,
+                                      json={"model": "tiny-llama", "prompt": "ping", "max_tokens": 1})
+            return reply.status_code == 200
+        except requests.RequestException:
+            # A dead connection from the pool must not poison the next poll.
+            self.session.close()
+            return False
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            started = time.monotonic()
+            self.results.append((started, self.poll_once()))
+            self.stop.wait(max(0.0, 0.05 - (time.monotonic() - started)))
+
+
+def measure_gap(fault, undo, limit: float = 30.0, settle: float = 2.0) -> float:
+    """Seconds from the fault to the first success after which requests keep
+    succeeding for `settle` seconds; 0 when no request failed at all."""
+    poller = Poller()
+    thread = threading.Thread(target=poller.run, daemon=True)
+    thread.start()
+    time.sleep(1.0)
+    t0 = time.monotonic()
+    fault()
+    gap = None
+    while gap is None and time.monotonic() < t0 + limit:
+        time.sleep(0.1)
+        after = [(t, ok) for t, ok in poller.results if t >= t0]
+        failures = [t for t, ok in after if not ok]
+        recovered = [t for t, ok in after if ok and (not failures or t > failures[-1])]
+        if recovered and after[-1][0] - recovered[0] >= settle:
+            gap = recovered[0] - t0 if failures else 0.0
+    poller.stop.set()
+    thread.join()
+    undo()
+    if gap is None:
+        sys.exit("no stable recovery within the limit")
+    return gap
+
+
+def failover(runs: int) -> dict[str, list[float]]:
+    gaps: dict[str, list[float]] = {}
+    cases = {
+        "node freeze (docker pause)": (lambda n: subprocess.run(["docker", "pause", n], check=True),
+                                       lambda n: subprocess.run(["docker", "unpause", n], check=True)),
+        "vLLM SIGKILL": (lambda n: sh(n, "systemctl kill --signal=SIGKILL vllm@default"),
+                         lambda n: (sh(n, "systemctl start vllm@default"), wait_ready(n))),
+        "keepalived SIGKILL": (lambda n: sh(n, "systemctl kill --signal=SIGKILL keepalived"),
+                               lambda n: sh(n, "systemctl start keepalived")),
+        "keepalived stop (graceful)": (lambda n: sh(n, "systemctl stop keepalived"),
+                                       lambda n: sh(n, "systemctl start keepalived")),
+    }
+    for name, (fault, undo) in cases.items():
+        for i in range(runs):
+            node = holder()
+            gap = measure_gap(lambda: fault(node), lambda: undo(node))
+            gaps.setdefault(name, []).append(gap)
+            print(f"{name} run {i + 1}: {gap:.3f} s (VIP was on {node})", file=sys.stderr)
+            time.sleep(3)
+    return gaps
+
+
+def overhead(requests_n: int) -> dict[str, dict]:
+    client = (ROOT / "bench" / "stream_client.py").read_text()
+    sh("cluster-node1", "cat > /tmp/stream_client.py", stdin=client)
+    sh("cluster-node1", "cat > /tmp/lab-ca.crt", stdin=(LAB / "pki" / "ca.crt").read_text())
+    targets = {
+        "via VIP (nginx, TLS)": (f"https://{VIP}/v1/completions", secret("client-lab-alice")),
+        "direct to vLLM": (f"http://{NODES['cluster-node2']}:8000/v1/completions", secret("vllm_api_key")),
+    }
+    samples: dict[str, list[dict]] = {name: [] for name in targets}
+    for _ in range(requests_n // 10):
+        for name, (url, key) in targets.items():
+            out = sh("cluster-node1", f"python3 /tmp/stream_client.py {url} /tmp/lab-ca.crt 10 64", stdin=key + "\n")
+            samples[name] += [json.loads(line) for line in out.splitlines()]
+    result = {}
+    for name, rows in samples.items():
+        assert all(r["ok"] for r in rows), f"{name}: failed requests"
+        result[name] = {
+            "n": len(rows),
+            "ttft_ms": statistics.median(r["ttft"] for r in rows) * 1000,
+            "interval_ms": statistics.median(i for r in rows for i in r["intervals"]) * 1000,
+        }
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--requests", type=int, default=100)
+    args = parser.parse_args()
+
+    over = overhead(args.requests)
+    gaps = failover(args.runs)
+
+    print("| failover fault | runs | median gap s | max gap s |")
+    print("|---|---|---|---|")
+    for name, values in gaps.items():
+        print(f"| {name} | {len(values)} | {statistics.median(values):.2f} | {max(values):.2f} |")
+    print()
+    print("| path | streamed requests | median TTFT ms | median inter-chunk ms |")
+    print("|---|---|---|---|")
+    for name, row in over.items():
+        print(f"| {name} | {row['n']} | {row['ttft_ms']:.1f} | {row['interval_ms']:.2f} |")
+    direct, proxy = over["direct to vLLM"], over["via VIP (nginx, TLS)"]
+    budget = direct["ttft_ms"] + max(5.0, 0.05 * direct["ttft_ms"])
+    print()
+    print(f"TTFT via proxy {proxy['ttft_ms']:.1f} ms vs budget {budget:.1f} ms (direct + max(5 ms, 5%)); "
+          f"cadence ratio (direct/proxy inter-chunk) {direct['interval_ms'] / proxy['interval_ms']:.2f} (goal >= 0.9)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

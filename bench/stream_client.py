@@ -1,0 +1,48 @@
+"""Streaming client copied into a lab node by bench/cluster.py (stdlib only).
+
+usage: python3 stream_client.py URL CA_FILE N MAX_TOKENS   (key on stdin)
+Prints one JSON line per request: {"ttft": s, "intervals": [s, ...], "ok": bool}.
+"""
+import http.client
+import json
+import ssl
+import sys
+import time
+import urllib.parse
+
+
+def one(url, ca, key, max_tokens):
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "https":
+        conn = http.client.HTTPSConnection(parts.hostname, parts.port or 443, timeout=60,
+                                           context=ssl.create_default_context(cafile=ca))
+    else:
+        conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=60)
+    body = json.dumps({"model": "tiny-llama", "prompt": "Once upon a time", "max_tokens": max_tokens,
+                       "stream": True, "ignore_eos": True})
+    start = time.perf_counter()
+    conn.request("POST", parts.path, body=body, headers={
+        "Authorization": "Bearer " + key, "Content-Type": "application/json"})
+    resp = conn.getresponse()
+    arrivals = []
+    while True:
+        line = resp.fp.readline()
+        if not line:
+            break
+        if line.startswith(b"data: ") and not line.startswith(b"data: [DONE]"):
+            arrivals.append(time.perf_counter() - start)
+    conn.close()
+    ok = resp.status == 200 and len(arrivals) >= max_tokens
+    return {"ok": ok, "ttft": arrivals[0] if arrivals else None,
+            "intervals": [b - a for a, b in zip(arrivals, arrivals[1:])]}
+
+
+def main():
+    url, ca, n, max_tokens = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    key = sys.stdin.readline().strip()
+    for _ in range(n):
+        print(json.dumps(one(url, ca, key, max_tokens)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""Shared helpers for the cluster scenario's tests.
+
+The tests are a client on this machine (the Docker host reaches the lab
+network directly) talking to the VIP over TLS verified against the lab CA,
+plus `docker exec` into the nodes to look at what they did.  Keys are read
+from the lab's generated secrets and only ever put in request headers.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import time
+
+import pytest
+import requests
+
+ROOT = pathlib.Path(__file__).resolve().parents[3]
+LAB = pathlib.Path(os.environ.get("VLLM_FLEET_LAB_DIR", ROOT / ".lab"))
+NODES = {"cluster-node1": "172.31.250.11", "cluster-node2": "172.31.250.12"}
+VIP = "172.31.250.100"
+BASE = f"https://{VIP}"
+MODEL = "tiny-llama"
+
+
+def secret(name: str) -> str:
+    return (LAB / "secrets" / name).read_text().split()[0]
+
+
+def sh(node: str, command: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(["docker", "exec", node, "sh", "-c", command], capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{node}: {command}: rc={proc.returncode}\n{proc.stdout}{proc.stderr}")
+    return proc
+
+
+def vip_holders() -> list[str]:
+    return [n for n in NODES if VIP in sh(n, "ip -4 -o addr show").stdout]
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.1):
+    """Poll until predicate() is truthy; bounded in time. Returns (value, seconds)."""
+    start = time.monotonic()
+    while True:
+        value = predicate()
+        if value:
+            return value, time.monotonic() - start
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def ca() -> str:
+    return str(LAB / "pki" / "ca.crt")
+
+
+@pytest.fixture(scope="session")
+def alice() -> dict:
+    return {"Authorization": f"Bearer {secret('client-lab-alice')}"}
+
+
+@pytest.fixture(scope="session")
+def bob() -> dict:
+    return {"Authorization": f"Bearer {secret('client-lab-bob')}"}
+
+
+@pytest.fixture()
+def api(ca):
+    session = requests.Session()
+    session.verify = ca
+    yield session
+    session.close()
+
+
+def completion(session, headers, prompt="Hello fleet", max_tokens=8, **extra):
+    return session.post(f"{BASE}/v1/completions", headers=headers, timeout=30,
+                        json={"model": MODEL, "prompt": prompt, "max_tokens": max_tokens, **extra})
+
+
+def access_log(node: str) -> list[dict]:
+    out = sh(node, "cat /var/log/nginx/vllm-access.json 2>/dev/null || true").stdout
+    return [json.loads(line) for line in out.splitlines() if line.strip()]

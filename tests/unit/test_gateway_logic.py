@@ -1,0 +1,76 @@
+from vllm_fleet.gateway import (backends, client_problems, clients, in_subnet, interface_of, limit_zones,
+                                rate_spec, vip_owners, vrid_clashes, vrrp_priorities)
+
+KEY_A = "a" * 40
+KEY_B = "b" * 40
+
+
+def test_backends_follow_inventory_order_and_the_vllm_role_defaults():
+    hosts = [
+        {"inventory_hostname": "n1", "vllm_listen_address": "10.0.0.1",
+         "vllm_instances": [{"name": "g0", "port": 8000}, {"name": "g1", "port": 8001}]},
+        {"inventory_hostname": "n2", "vllm_listen_address": "10.0.0.2"},
+    ]
+    assert [b["endpoint"] for b in backends(hosts)] == ["10.0.0.1:8000", "10.0.0.1:8001", "10.0.0.2:8000"]
+    assert backends([{"inventory_hostname": "n3", "vllm_listen_address": "fd00::3"}])[0]["endpoint"] == "[fd00::3]:8000"
+
+
+def test_clients_inherit_role_wide_limits_and_zones_group_equal_limits():
+    filled = clients([{"name": "a", "key": KEY_A}, {"name": "b", "key": KEY_B, "rate": 1, "burst": 2}], 10, 20, 16)
+    assert filled[0] == {"name": "a", "key": KEY_A, "rate": 10, "burst": 20, "max_streams": 16}
+    zones = limit_zones(filled)
+    assert sorted(z["clients"] for z in zones["req"]) == [["a"], ["b"]]
+    assert zones["conn"] == [{"id": 0, "max": 16, "clients": ["a", "b"]}]
+
+
+def test_rate_spec():
+    assert rate_spec(10) == "10r/s"
+    assert rate_spec(0.5) == "30r/m"
+
+
+def test_client_problems_name_the_client_and_never_the_key():
+    bad = [
+        {"name": "ok", "key": KEY_A},
+        {"name": "dup-key", "key": KEY_A},
+        {"name": "short", "key": "tooshort"},
+        {"name": "quote", "key": 'x' * 40 + '"; return 200;'},
+        {"name": "ok", "key": KEY_B},
+        {"name": "", "key": "c" * 40},
+        {"name": "zero", "key": "d" * 40, "rate": 0},
+    ]
+    problems = client_problems(bad)
+    text = "\n".join(problems)
+    assert "same key as client 'ok'" in text
+    assert "client 'short'" in text and "client 'quote'" in text
+    assert "names must be unique" in text
+    assert "gateway_api_clients[5].name=''" in text
+    assert "gateway_api_clients[6].rate=0" in text
+    assert KEY_A not in text and "tooshort" not in text
+    assert client_problems([{"name": "a", "key": KEY_A}, {"name": "b", "key": KEY_B}]) == []
+
+
+def test_in_subnet_and_interface_of():
+    assert in_subnet(["10.0.0.5", "192.168.1.2", "10.0.0.100"], "10.0.0.100", 24) == ["10.0.0.5"]
+    assert in_subnet(["10.0.0.5"], "not-an-ip", 24) == []
+    facts = {"interfaces": ["lo", "eth0"], "lo": {"device": "lo", "ipv4": {"address": "127.0.0.1"}},
+             "eth0": {"device": "eth0", "ipv4": {"address": "10.0.0.5"}}}
+    assert interface_of(facts, "10.0.0.5") == "eth0"
+    assert interface_of(facts, "10.9.9.9") == ""
+
+
+def test_priorities_follow_inventory_order_unless_set():
+    assert vrrp_priorities([{"inventory_hostname": "a"}, {"inventory_hostname": "b"},
+                            {"inventory_hostname": "c", "failover_priority": 250}]) == {"a": 200, "b": 190, "c": 250}
+
+
+def test_vip_owners_and_vrid_clashes():
+    hosts = [
+        {"inventory_hostname": "a", "ansible_facts": {"all_ipv4_addresses": ["10.0.0.5"]},
+         "failover_vip": "10.0.0.100", "failover_virtual_router_id": 51},
+        {"inventory_hostname": "b", "ansible_facts": {"all_ipv4_addresses": ["10.0.0.6"]},
+         "failover_vip": "10.0.0.200", "failover_virtual_router_id": 51},
+        {"inventory_hostname": "c", "failover_vip": "10.9.0.200", "failover_virtual_router_id": 51},
+    ]
+    assert vip_owners(hosts, "10.0.0.6") == ["b"]
+    assert vrid_clashes(hosts, "10.0.0.100", 24, 51) == ["b"]
+    assert vrid_clashes(hosts, "10.0.0.100", 24, 52) == []

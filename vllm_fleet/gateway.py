@@ -1,0 +1,171 @@
+"""Inventory-wide logic of the gateway: backends and API clients.
+
+Plain functions so the unit tests exercise them without Ansible; the filter
+plugin ``plugins/filter/vllm_fleet.py`` wraps them.
+"""
+from __future__ import annotations
+
+import ipaddress
+import pathlib
+import re
+from collections.abc import Iterable, Mapping
+from functools import lru_cache
+from typing import Any
+
+import yaml
+
+_VLLM_DEFAULTS = pathlib.Path(__file__).resolve().parents[1] / "roles" / "vllm" / "defaults" / "main.yml"
+
+# Characters that can never break nginx's quoting of a map key or a header.
+KEY_PATTERN = re.compile(r"^[A-Za-z0-9._~+/=-]{32,256}$")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@lru_cache(maxsize=1)
+def vllm_defaults() -> dict[str, Any]:
+    """The vllm role's own defaults: the single source of instance defaults."""
+    return yaml.safe_load(_VLLM_DEFAULTS.read_text())
+
+
+def backends(hosts: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Every vLLM instance of the given hosts (their hostvars), in inventory order.
+
+    A host without ``vllm_instances``/``vllm_listen_address`` gets the vllm
+    role's defaults, exactly as the role itself would.
+    """
+    defaults = vllm_defaults()
+    found = []
+    for hv in hosts:
+        address = hv.get("vllm_listen_address", defaults["vllm_listen_address"])
+        for instance in hv.get("vllm_instances", defaults["vllm_instances"]):
+            found.append({
+                "host": hv["inventory_hostname"],
+                "address": address,
+                "port": int(instance["port"]),
+                "instance": instance["name"],
+                "endpoint": f"[{address}]:{instance['port']}" if ":" in str(address)
+                else f"{address}:{instance['port']}",
+            })
+    return found
+
+
+def clients(api_clients: Iterable[Mapping[str, Any]], rate: float, burst: int,
+            max_streams: int) -> list[dict[str, Any]]:
+    """Fill each client's limits from the role-wide defaults."""
+    return [
+        {
+            "name": c["name"],
+            "key": c["key"],
+            "rate": c.get("rate", rate),
+            "burst": int(c.get("burst", burst)),
+            "max_streams": int(c.get("max_streams", max_streams)),
+        }
+        for c in api_clients
+    ]
+
+
+def limit_zones(filled: Iterable[Mapping[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Group clients by identical limits: nginx needs one zone per rate.
+
+    Returns ``{"req": [{"id", "rate", "burst", "clients"}], "conn": [{"id", "max", "clients"}]}``.
+    """
+    req: dict[tuple, list[str]] = {}
+    conn: dict[int, list[str]] = {}
+    for c in filled:
+        req.setdefault((c["rate"], c["burst"]), []).append(c["name"])
+        conn.setdefault(c["max_streams"], []).append(c["name"])
+    return {
+        "req": [{"id": i, "rate": r, "burst": b, "clients": names}
+                for i, ((r, b), names) in enumerate(sorted(req.items()))],
+        "conn": [{"id": i, "max": m, "clients": names}
+                 for i, (m, names) in enumerate(sorted(conn.items()))],
+    }
+
+
+def rate_spec(rate: float) -> str:
+    """nginx rate syntax: 10 -> '10r/s'; 0.5 -> '30r/m'."""
+    if float(rate).is_integer():
+        return f"{int(rate)}r/s"
+    return f"{round(float(rate) * 60)}r/m"
+
+
+def client_problems(api_clients: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Every reason the client list is unusable, keys never echoed."""
+    problems = []
+    seen_names: set[str] = set()
+    seen_keys: dict[str, str] = {}
+    for i, c in enumerate(api_clients):
+        name = str(c.get("name", ""))
+        key = str(c.get("key", ""))
+        where = f"gateway_api_clients[{i}]"
+        if not NAME_PATTERN.match(name):
+            problems.append(f"{where}.name={name!r}: letters, digits, '_', '.', '-' (1-64, not starting with a symbol)")
+        elif name in seen_names:
+            problems.append(f"{where}.name={name!r}: names must be unique")
+        seen_names.add(name)
+        if not KEY_PATTERN.match(key):
+            problems.append(f"{where}.key=<{len(key)} characters, hidden> (client {name!r}): "
+                            "32-256 characters from [A-Za-z0-9._~+/=-]")
+        elif key in seen_keys:
+            problems.append(f"{where}.key=<hidden> (client {name!r}): same key as client "
+                            f"{seen_keys[key]!r}; every client needs its own key")
+        seen_keys.setdefault(key, name)
+        for field, low in (("rate", 0), ("burst", -1), ("max_streams", 0)):
+            if field in c and not float(c[field]) > low:
+                problems.append(f"{where}.{field}={c[field]} (client {name!r}): must be > {low}")
+    return problems
+
+
+def in_subnet(addresses: Iterable[str], vip: str, prefix: int) -> list[str]:
+    """The addresses that share ``vip/prefix``'s subnet (the VIP itself excluded)."""
+    try:
+        net = ipaddress.ip_network(f"{vip}/{prefix}", strict=False)
+    except ValueError:
+        return []
+    return [a for a in addresses if a != vip and ipaddress.ip_address(a) in net]
+
+
+def interface_of(facts: Mapping[str, Any], address: str) -> str:
+    """Name of the interface holding ``address`` in a host's ansible_facts ('' if none)."""
+    for name in facts.get("interfaces", []):
+        iface = facts.get(name.replace("-", "_"), {})
+        ipv4 = iface.get("ipv4", {}) if isinstance(iface, Mapping) else {}
+        secondary = iface.get("ipv4_secondaries", []) if isinstance(iface, Mapping) else []
+        if address and (ipv4.get("address") == address or any(s.get("address") == address for s in secondary)):
+            return iface.get("device", name)
+    return ""
+
+
+def vrrp_priorities(peers: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """Priority of every peer: its own ``failover_priority``, else 200 - 10 x position."""
+    return {
+        hv["inventory_hostname"]: int(hv["failover_priority"]) if hv.get("failover_priority") is not None
+        else 200 - 10 * index
+        for index, hv in enumerate(peers)
+    }
+
+
+def vip_owners(hosts: Iterable[Mapping[str, Any]], vip: str) -> list[str]:
+    """Hosts (hostvars with facts) that already hold ``vip`` as a node address."""
+    return [hv["inventory_hostname"] for hv in hosts
+            if vip in hv.get("ansible_facts", {}).get("all_ipv4_addresses", [])]
+
+
+def vrid_clashes(hosts: Iterable[Mapping[str, Any]], vip: str, prefix: int, vrid: int) -> list[str]:
+    """Hosts using ``vrid`` for a *different* VIP on the same subnet."""
+    try:
+        net = ipaddress.ip_network(f"{vip}/{prefix}", strict=False)
+    except ValueError:
+        return []
+    clashes = []
+    for hv in hosts:
+        other = hv.get("failover_vip")
+        if not other or other == vip or hv.get("failover_virtual_router_id") is None:
+            continue
+        try:
+            same_net = ipaddress.ip_address(other) in net
+        except ValueError:
+            continue
+        if same_net and int(hv["failover_virtual_router_id"]) == int(vrid):
+            clashes.append(hv["inventory_hostname"])
+    return clashes
