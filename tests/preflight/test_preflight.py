@@ -53,16 +53,15 @@ def free_port() -> int:
 
 
 def run_site(tmp: pathlib.Path, bad: dict, *, path_prefix: pathlib.Path | None = None,
-             playbook: str = "site.yml"):
-    good = base_vars(tmp)
-    inventory = {
-        "all": {"children": {"vllm_nodes": {"hosts": {
-            "good-node": good,
-            "bad-node": {**good, **bad},
-        }}}}
-    }
+             playbook: str = "site.yml", gateways: bool = False, common: dict | None = None):
+    good = {**base_vars(tmp), **(common or {})}
+    hosts = {"good-node": good, "bad-node": {**good, **bad}}
+    groups = {"vllm_nodes": {"hosts": hosts}}
+    if gateways:
+        groups["vllm_gateways"] = {"hosts": {name: None for name in hosts}}
+    inventory = {"all": {"children": groups}}
     inv = tmp / "hosts.yml"
-    inv.write_text(yaml.safe_dump(inventory))
+    inv.write_text(yaml.safe_dump(inventory, sort_keys=False))
     env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
            "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_CACHE_PLUGIN": "memory",
            "ANSIBLE_CALLBACKS_ENABLED": "ansible.builtin.default"}

@@ -187,6 +187,15 @@ def test_releasing_the_hold_touches_only_held_packages():
     assert nd.nvidia_driver_hold_changes(DPKG, "580", False) == ["nvidia-driver-cuda"]
 
 
+def test_not_installed_asks_apt_only_for_what_is_missing_or_off_branch():
+    wanted = ["nvidia-driver-cuda", "nvidia-kernel-open-dkms", "nvidia-smi", "nvidia-open"]
+    # nvidia-smi was removed ("rc"), nvidia-open never installed.
+    assert nd.nvidia_driver_not_installed(DPKG, wanted, "580.*") == ["nvidia-smi", "nvidia-open"]
+    # A new exact version makes every installed package of the old build "missing".
+    assert nd.nvidia_driver_not_installed(DPKG, wanted[:2], "580.105.08-*") == wanted[:2]
+    assert nd.nvidia_driver_not_installed(DPKG, ["apt", "gpg"]) == ["gpg"]
+
+
 def test_versioned_names_carry_the_glob():
     assert nd.nvidia_driver_versioned(["nvidia-open", "nvidia-persistenced"], "580.*") == [
         "nvidia-open=580.*",
@@ -227,4 +236,5 @@ def test_fingerprint_matches_what_gpg_reports_for_a_fresh_key(tmp_path):
     key = tmp_path / "key.asc"
     key.write_bytes(exported)
     shown = subprocess.run(gpg + ["--with-colons", "--show-keys", str(key)], check=True, capture_output=True, text=True)
+    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"], check=False)
     assert nd.nvidia_driver_key_fingerprints(shown.stdout) == [expected]

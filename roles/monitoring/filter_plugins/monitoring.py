@@ -1,14 +1,13 @@
 """Decisions of the monitoring role, as plain functions.
 
 The role turns the inventory (hostvars of every vLLM node, gateway and host)
-into Prometheus file_sd target files, and checks durations and addresses in
-preflight.  These functions are plain Python so
+into Prometheus file_sd target files, checks durations and addresses in
+preflight, and adjusts node_exporter so the models' filesystem is measured.  These functions are plain Python so
 tests/unit/test_monitoring_targets.py can exercise them without Ansible.
 """
 from __future__ import annotations
 
 import ipaddress
-import posixpath
 import re
 from typing import Any, Iterable, Mapping
 
@@ -72,18 +71,23 @@ def _labels(labels: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
-def vllm_targets(nodes: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """file_sd groups, one per vLLM instance of every node.
+def _vllm_entries(entries: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    return sorted((e for e in entries if e.get("vllm", True)), key=lambda e: str(e["node"]))
 
-    ``nodes``: ``{node, address, model, instances: [{name, port}, ...]}`` per
-    inventory host in ``vllm_nodes``.  Labels: ``node`` (inventory name),
-    ``instance_name`` (the vllm@<name> unit) and ``model`` (served name).
+
+def vllm_targets(entries: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """file_sd groups, one per vLLM instance of every vLLM node.
+
+    ``entries``: one per inventory host, ``{node, vllm (bool), vllm_address,
+    model, instances: [{name, port}, ...]}`` (hosts with ``vllm`` false are
+    skipped).  Labels: ``node`` (inventory name), ``instance_name`` (the
+    vllm@<name> unit) and ``model`` (served name).
     """
     groups = []
     seen: dict[str, str] = {}
-    for node in sorted(nodes, key=lambda n: str(n["node"])):
+    for node in _vllm_entries(entries):
         for inst in node.get("instances") or []:
-            target = hostport(node["address"], inst["port"])
+            target = hostport(node["vllm_address"], inst["port"])
             where = f"{node['node']}/{inst['name']}"
             if target in seen:
                 raise MonitoringError(f"{where} and {seen[target]} both serve on {target}")
@@ -96,15 +100,15 @@ def vllm_targets(nodes: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return groups
 
 
-def vllm_target_conflicts(nodes: Iterable[Mapping[str, Any]]) -> list[str]:
-    """Why ``vllm_targets`` would refuse ``nodes`` (empty when it would not)."""
+def vllm_target_conflicts(entries: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Why ``vllm_targets`` would refuse ``entries`` (empty when it would not)."""
     problems = []
     seen: dict[str, str] = {}
-    for node in sorted(nodes, key=lambda n: str(n["node"])):
+    for node in _vllm_entries(entries):
         for inst in node.get("instances") or []:
             where = f"{node['node']}/{inst.get('name')}"
             try:
-                target = hostport(node["address"], inst["port"])
+                target = hostport(node["vllm_address"], inst["port"])
             except (KeyError, TypeError, ValueError):
                 problems.append(f"{where} has no usable address and port")
                 continue
@@ -114,29 +118,15 @@ def vllm_target_conflicts(nodes: Iterable[Mapping[str, Any]]) -> list[str]:
     return problems
 
 
-def host_targets(hosts: Iterable[Mapping[str, Any]], port_key: str = "port") -> list[dict[str, Any]]:
-    """file_sd groups of one exporter per host: ``{node, address, <port_key>}``."""
+def host_targets(entries: Iterable[Mapping[str, Any]], port_key: str = "port",
+                 only: str | None = None) -> list[dict[str, Any]]:
+    """file_sd groups of one exporter per host: ``{node, address, <port_key>}``;
+    with ``only``, just the hosts whose entry has that key true."""
     return [
         {"targets": [hostport(h["address"], h[port_key])], "labels": _labels({"node": h["node"]})}
-        for h in sorted(hosts, key=lambda h: str(h["node"]))
+        for h in sorted(entries, key=lambda h: str(h["node"]))
+        if only is None or h.get(only)
     ]
-
-
-def mount_of(path: str, mounts: Iterable[Mapping[str, Any]]) -> dict[str, str]:
-    """The mount (``{mount, fstype, device}``) holding ``path``: the longest
-    mount point that is ``path`` or one of its ancestors (Ansible's
-    ``ansible_facts['mounts']`` entries)."""
-    path = posixpath.normpath(str(path))
-    best: Mapping[str, Any] | None = None
-    for entry in mounts or []:
-        point = posixpath.normpath(str(entry.get("mount", "")))
-        inside = path == point or path.startswith(point.rstrip("/") + "/")
-        if inside and (best is None or len(point) > len(posixpath.normpath(str(best["mount"])))):
-            best = entry
-    if best is None:
-        return {"mount": "/", "fstype": "", "device": ""}
-    return {"mount": str(best["mount"]), "fstype": str(best.get("fstype", "")),
-            "device": str(best.get("device", ""))}
 
 
 def fs_types_exclude(excluded: Iterable[str], keep: Iterable[str]) -> str:
@@ -155,7 +145,6 @@ class FilterModule:
             "monitoring_vllm_targets": vllm_targets,
             "monitoring_vllm_target_conflicts": vllm_target_conflicts,
             "monitoring_host_targets": host_targets,
-            "monitoring_mount_of": mount_of,
             "monitoring_fs_types_exclude": fs_types_exclude,
             "monitoring_is_duration": is_duration,
             "monitoring_is_loopback": is_loopback,

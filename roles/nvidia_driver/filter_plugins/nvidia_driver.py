@@ -8,6 +8,7 @@ including the ones a container can never reach (a GPU that needs a reboot).
 """
 from __future__ import annotations
 
+import fnmatch
 import re
 from typing import Any, Iterable, Mapping
 
@@ -165,6 +166,25 @@ def nvidia_driver_hold_changes(dpkg_query: str, branch: str, hold: bool = True,
     return sorted(set(changes))
 
 
+def nvidia_driver_not_installed(dpkg_query: str, packages: Iterable[str], version_glob: str = "") -> list[str]:
+    """Which of ``packages`` are not installed (or not at a version matching ``version_glob``).
+
+    Reads the same ``dpkg-query`` output as :func:`nvidia_driver_hold_candidates`.
+    The role asks apt only for these, so a converged host runs no apt task at
+    all (opening apt's cache is the slowest thing the role does).
+    """
+    installed = {}
+    for line in (dpkg_query or "").splitlines():
+        fields = line.split()
+        if len(fields) == 3 and len(fields[0]) >= 2 and fields[0][1] == "i":
+            installed[fields[1]] = fields[2]
+    return [
+        name
+        for name in packages
+        if name not in installed or (version_glob and not fnmatch.fnmatchcase(installed[name], version_glob))
+    ]
+
+
 def nvidia_driver_versioned(packages: Iterable[str], version_glob: str) -> list[str]:
     """``name=<glob>`` for each package, so apt installs the branch's build of each."""
     return ["%s=%s" % (name, version_glob) for name in packages]
@@ -201,5 +221,6 @@ class FilterModule:
             "nvidia_driver_hold_candidates": nvidia_driver_hold_candidates,
             "nvidia_driver_hold_changes": nvidia_driver_hold_changes,
             "nvidia_driver_versioned": nvidia_driver_versioned,
+            "nvidia_driver_not_installed": nvidia_driver_not_installed,
             "nvidia_driver_key_fingerprints": nvidia_driver_key_fingerprints,
         }

@@ -16,8 +16,7 @@
 #   OUT_DIR/repo/archive-key.pub   the public key (ASCII armor), like NVIDIA's 3bf863cc.pub
 #   OUT_DIR/fingerprint       the key's fingerprint (40 hex digits)
 #
-# Needs: bash, dpkg-deb and dpkg-scanpackages (dpkg-dev), gpg (gnupg), gzip,
-# sha256sum/md5sum (coreutils).
+# Needs: bash, dpkg-deb (dpkg), gpg and gpg-agent (gnupg), gzip, coreutils.
 set -euo pipefail
 
 out=${1:?usage: build.sh OUT_DIR [BRANCH ...]}
@@ -25,8 +24,8 @@ shift
 branches=("$@")
 [ ${#branches[@]} -gt 0 ] || branches=(580 590)
 
-for tool in dpkg-deb dpkg-scanpackages gpg gzip sha256sum md5sum; do
-  command -v "$tool" >/dev/null || { echo "nvidia-apt-double: $tool is missing (apt install dpkg-dev gnupg)" >&2; exit 1; }
+for tool in dpkg-deb gpg gpg-agent gzip sha256sum md5sum; do
+  command -v "$tool" >/dev/null || { echo "nvidia-apt-double: $tool is missing (apt install gnupg)" >&2; exit 1; }
 done
 
 # A build number for each branch, shaped like NVIDIA's (580.95.05-1).
@@ -43,7 +42,7 @@ find "$out" -mindepth 1 -delete
 repo="$out/repo"
 mkdir -p "$repo"
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+trap 'gpgconf --kill gpg-agent 2>/dev/null; rm -rf "$work"' EXIT
 export GNUPGHOME="$work/gnupg"
 mkdir -m 0700 "$GNUPGHOME"
 
@@ -102,8 +101,13 @@ done
 # Not tied to a driver branch: the role must leave it out unless asked.
 deb cuda-toolkit 13.0.2-1 "" ""
 
-# Flat repository indexes, as NVIDIA publishes them (Suites: /).
-(cd "$repo" && dpkg-scanpackages --multiversion . /dev/null 2>/dev/null >Packages)
+# Flat repository indexes, as NVIDIA publishes them (Suites: /): every
+# version of every package (what dpkg-scanpackages --multiversion writes).
+for file in "$repo"/*.deb; do
+  dpkg-deb --field "$file"
+  printf 'Filename: ./%s\nSize: %s\nMD5sum: %s\nSHA256: %s\n\n' "${file##*/}" "$(stat -c%s "$file")" \
+    "$(md5sum <"$file" | cut -d' ' -f1)" "$(sha256sum <"$file" | cut -d' ' -f1)"
+done >"$repo/Packages"
 gzip -9nk "$repo/Packages"
 {
   echo "Origin: vllm-fleet test double of NVIDIA"
