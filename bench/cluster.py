@@ -63,6 +63,7 @@ class Poller:
     def __init__(self) -> None:
         self.session = requests.Session()
         self.session.verify = str(LAB / "pki" / "ca.crt")
+        self.session.trust_env = False  # REQUESTS_CA_BUNDLE would override verify=
         self.headers = {"Authorization": f"Bearer {secret('client-lab-alice')}"}
         self.results: list[tuple[float, bool]] = []
         self.stop = threading.Event()

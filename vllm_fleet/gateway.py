@@ -145,10 +145,24 @@ def vrrp_priorities(peers: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     }
 
 
+def primary_ipv4(facts: Mapping[str, Any]) -> list[str]:
+    """Each interface's primary IPv4 address: a node's own addresses.
+
+    A VIP that keepalived added is a secondary address and is not listed, so
+    a converged master does not look like it owns the VIP as its address.
+    """
+    found = []
+    for name in facts.get("interfaces", []):
+        iface = facts.get(name.replace("-", "_"), {})
+        address = iface.get("ipv4", {}).get("address") if isinstance(iface, Mapping) else None
+        if address:
+            found.append(address)
+    return found
+
+
 def vip_owners(hosts: Iterable[Mapping[str, Any]], vip: str) -> list[str]:
-    """Hosts (hostvars with facts) that already hold ``vip`` as a node address."""
-    return [hv["inventory_hostname"] for hv in hosts
-            if vip in hv.get("ansible_facts", {}).get("all_ipv4_addresses", [])]
+    """Hosts (hostvars with facts) whose own (primary) address is ``vip``."""
+    return [hv["inventory_hostname"] for hv in hosts if vip in primary_ipv4(hv.get("ansible_facts", {}))]
 
 
 def vrid_clashes(hosts: Iterable[Mapping[str, Any]], vip: str, prefix: int, vrid: int) -> list[str]:

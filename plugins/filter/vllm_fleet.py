@@ -28,5 +28,6 @@ class FilterModule:
             "vllm_fleet_interface_of": gateway.interface_of,
             "vllm_fleet_vrrp_priorities": gateway.vrrp_priorities,
             "vllm_fleet_vip_owners": gateway.vip_owners,
+            "vllm_fleet_primary_ipv4": gateway.primary_ipv4,
             "vllm_fleet_vrid_clashes": gateway.vrid_clashes,
         }

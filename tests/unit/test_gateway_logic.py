@@ -64,13 +64,19 @@ def test_priorities_follow_inventory_order_unless_set():
 
 
 def test_vip_owners_and_vrid_clashes():
+    def facts(primary, secondary=()):
+        return {"interfaces": ["eth0"], "eth0": {"ipv4": {"address": primary},
+                                                 "ipv4_secondaries": [{"address": a} for a in secondary]}}
+
     hosts = [
-        {"inventory_hostname": "a", "ansible_facts": {"all_ipv4_addresses": ["10.0.0.5"]},
+        {"inventory_hostname": "a", "ansible_facts": facts("10.0.0.5", ["10.0.0.100"]),
          "failover_vip": "10.0.0.100", "failover_virtual_router_id": 51},
-        {"inventory_hostname": "b", "ansible_facts": {"all_ipv4_addresses": ["10.0.0.6"]},
+        {"inventory_hostname": "b", "ansible_facts": facts("10.0.0.6"),
          "failover_vip": "10.0.0.200", "failover_virtual_router_id": 51},
         {"inventory_hostname": "c", "failover_vip": "10.9.0.200", "failover_virtual_router_id": 51},
     ]
     assert vip_owners(hosts, "10.0.0.6") == ["b"]
+    # The master holds the VIP as a secondary address: that is not ownership.
+    assert vip_owners(hosts, "10.0.0.100") == []
     assert vrid_clashes(hosts, "10.0.0.100", 24, 51) == ["b"]
     assert vrid_clashes(hosts, "10.0.0.100", 24, 52) == []

@@ -70,6 +70,8 @@ def bob() -> dict:
 def api(ca):
     session = requests.Session()
     session.verify = ca
+    # REQUESTS_CA_BUNDLE in the environment would override verify=.
+    session.trust_env = False
     yield session
     session.close()
 
