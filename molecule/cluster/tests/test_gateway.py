@@ -145,10 +145,10 @@ def test_firewall_lets_only_gateways_reach_vllm():
     assert "policy drop" in ruleset and "ip protocol 112" in ruleset.replace("vrrp", "112")
 
 
-def test_sslyze_finds_the_tls_setup_compliant_with_mozilla_intermediate():
+def test_sslyze_finds_the_tls_setup_compliant_with_mozilla_intermediate(ca):
     sslyze = ROOT / ".venv-sslyze" / "bin" / "sslyze"
     assert sslyze.exists(), "run `make venv` (it installs sslyze in .venv-sslyze)"
-    proc = subprocess.run([str(sslyze), "--mozilla_config=intermediate", f"{VIP}:443"],
+    proc = subprocess.run([str(sslyze), "--mozilla_config=intermediate", f"--certinfo_ca_file={ca}", f"{VIP}:443"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert "is compliant with Mozilla's intermediate" in proc.stdout.replace("\n", " ")

@@ -1,0 +1,71 @@
+#!/usr/bin/env python3
+"""The monitoring figures of the lab, as markdown tables for the README.
+
+    molecule test -s monitoring          # its verify writes .lab/figures/monitoring.json
+    python bench/monitoring_figures.py   # prints the tables
+
+The verify step of molecule/monitoring evaluates every alert expression and
+dashboard query through Prometheus's HTTP API against the live vLLM and
+node_exporter, times VllmInstanceDown from `systemctl stop` to firing, and
+reads Prometheus's own scrape and rule-evaluation durations
+(scrape_duration_seconds, prometheus_target_interval_length_seconds,
+prometheus_rule_group_last_duration_seconds).  This script only formats them.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+FIGURES = ROOT / ".lab" / "figures" / "monitoring.json"
+
+
+def ms(value: float) -> str:
+    return f"{value * 1000:.1f}"
+
+
+def main() -> int:
+    if not FIGURES.exists():
+        print(f"{FIGURES.relative_to(ROOT)} not found: run `molecule test -s monitoring` first", file=sys.stderr)
+        return 1
+    data = json.loads(FIGURES.read_text())
+    s = data["summary"]
+    print("| checked against the live lab | count | with live sources | returning data |")
+    print("|---|---|---|---|")
+    alerts_live = s["alerts_with_live_sources"]
+    print(f"| alert expressions | {s['alerts_checked']} | {alerts_live} (every metric found) | "
+          f"n/a (not firing; metrics checked) |")
+    print(f"| dashboard queries (+ template variables) | {s['queries_checked']} | {s['queries_with_live_sources']} | "
+          f"{s['queries_returning_data']} |")
+    print()
+    reasons = s["not_deployed_reasons"]
+    by_source: dict[str, list[str]] = {}
+    for name, sources in s["alerts_not_deployed_here"].items():
+        for source in sources:
+            by_source.setdefault(source, []).append(name)
+    print("| not deployed in the lab | alerts | reason |")
+    print("|---|---|---|")
+    for source, names in sorted(by_source.items()):
+        print(f"| {source} | {', '.join(sorted(names))} | {reasons[source]} |")
+    print()
+    print("| Prometheus in the lab | value |")
+    print("|---|---|")
+    for job, value in sorted(data["scrape_duration_seconds"].items()):
+        print(f"| scrape duration, job {job} (avg over 1 min) | {ms(value)} ms |")
+    for interval, value in sorted(data["scrape_interval_p99_seconds"].items()):
+        print(f"| actual scrape interval p99 (configured {interval}) | {value:.3f} s |")
+    groups = data["rule_group_last_duration_seconds"]
+    for group, value in sorted(groups.items()):
+        print(f"| rule group {group.split(';')[-1]} last evaluation | {ms(value)} ms |")
+    print(f"| all {len(groups)} rule groups, one evaluation | {ms(sum(groups.values()))} ms |")
+    down = data.get("instance_down")
+    if down:
+        print(f"| VllmInstanceDown: stop to firing | {down['seconds_to_firing']} s "
+              f"(for {down['for_seconds']:.0f} s + 2 x {down['scrape_interval_seconds']:.0f} s scrapes "
+              f"= bound {down['bound_seconds']:.0f} s) |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
