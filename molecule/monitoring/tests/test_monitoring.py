@@ -287,9 +287,11 @@ def test_figures(host):
     def by(expr, label):
         return {s["metric"].get(label, ""): float(s["value"][1]) for s in series(host, expr)}
 
+    interval = yaml.safe_load(host.file("/etc/prometheus/prometheus.yml").content_string)["global"]["scrape_interval"]
     figures = {
         "scrape_duration_seconds": by("avg_over_time(scrape_duration_seconds[1m])", "job"),
-        "scrape_interval_p99_seconds": by('prometheus_target_interval_length_seconds{quantile="0.99"}', "interval"),
+        "scrape_interval_p99_seconds": by(
+            f'prometheus_target_interval_length_seconds{{quantile="0.99", interval="{interval}"}}', "interval"),
         "rule_group_last_duration_seconds": by("prometheus_rule_group_last_duration_seconds", "rule_group"),
         "rule_group_interval_seconds": by("prometheus_rule_group_interval_seconds", "rule_group"),
         "head_series": by("prometheus_tsdb_head_series", "job"),
