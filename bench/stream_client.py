@@ -26,14 +26,14 @@ def one(url, ca, key, max_tokens):
     resp = conn.getresponse()
     arrivals = []
     while True:
-        line = resp.fp.readline()
-        if not line:
+        line = resp.readline()
+        if not line or line.startswith(b"data: [DONE]"):
             break
-        if line.startswith(b"data: ") and not line.startswith(b"data: [DONE]"):
+        if line.startswith(b"data: "):
             arrivals.append(time.perf_counter() - start)
     conn.close()
     ok = resp.status == 200 and len(arrivals) >= max_tokens
-    return {"ok": ok, "ttft": arrivals[0] if arrivals else None,
+    return {"ok": ok, "status": resp.status, "chunks": len(arrivals), "ttft": arrivals[0] if arrivals else None,
             "intervals": [b - a for a, b in zip(arrivals, arrivals[1:])]}
 
 

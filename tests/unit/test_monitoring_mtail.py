@@ -18,7 +18,9 @@ import subprocess
 
 import pytest
 
-from test_monitoring_rules import INVENTORY, render
+from test_monitoring_rules import INVENTORY, ROLE, render
+
+ROLE_TEMPLATES = ROLE / "templates"
 
 LINES = [
     # key order as nginx's log_format may write it; numbers unquoted (escape=json with $status in a number slot)
@@ -111,3 +113,20 @@ def test_quoted_numbers_and_key_order_do_not_matter(program, tmp_path):
 def test_lines_that_are_not_requests_are_ignored(program, tmp_path):
     samples = run_mtail(program, ["", "not json", '{"upstream_status":"502","client":"x"}'], tmp_path)
     assert not [k for k in samples if k.startswith("vllm_fleet_gateway_requests_total")]
+
+
+def test_the_validator_the_role_installs_refuses_a_broken_program(program, tmp_path):
+    """check-mtail (validate: of the program task) compiles the temporary file
+    under a *.mtail name: mtail would silently skip any other name."""
+    text = (ROLE_TEMPLATES / "usr" / "local" / "libexec" / "vllm-fleet-monitoring" / "check-mtail.j2").read_text()
+    script = tmp_path / "check-mtail"
+    script.write_text("\n".join(line for line in text.splitlines() if "ansible_managed" not in line) + "\n")
+    script.chmod(0o755)
+    assert shutil.which("mtail"), "mtail not found: install Debian's `mtail` package on the controller"
+    good = tmp_path / "tmpgood"          # no .mtail suffix, as the template module names it
+    good.write_text((program / "vllm-fleet-gateway.mtail").read_text())
+    bad = tmp_path / "tmpbad"
+    bad.write_text("counter x\n/unclosed( {\n  x++\n}\n")
+    ok = subprocess.run([str(script), str(good)], capture_output=True, text=True)
+    assert ok.returncode == 0 and "Loaded program check.mtail" in ok.stderr, ok.stderr
+    assert subprocess.run([str(script), str(bad)], capture_output=True).returncode != 0
