@@ -8,7 +8,7 @@ PY        := $(VENV)/bin/python
 BIN       := $(VENV)/bin
 LAB       ?= .lab
 SUITES    ?= bookworm
-SCENARIOS ?= default cluster
+SCENARIOS ?= default cluster nvidia_driver
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
@@ -64,7 +64,10 @@ molecule: venv images lab-assets
 test: lint unit molecule
 
 bench: venv images lab-assets
-	$(PY) bench/run.py
+	$(PY) bench/run.py --runs 3 --restarts 5
+	$(BIN)/molecule create -s cluster && $(BIN)/molecule prepare -s cluster && $(BIN)/molecule converge -s cluster
+	$(PY) bench/cluster.py --runs 5 --requests 100
+	$(BIN)/molecule destroy -s cluster
 
 clean: lab-down
 	rm -rf $(LAB) .cache

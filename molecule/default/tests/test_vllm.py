@@ -6,6 +6,7 @@ container and handed to curl on stdin, so it is never on a command line.
 """
 import json
 import re
+import shlex
 
 
 UNIT = "vllm@default.service"
@@ -16,9 +17,9 @@ AUTH = ". /etc/vllm/default.env && printf 'Authorization: Bearer %s' \"$VLLM_API
 
 def curl(host, path, *, key=False, data=None):
     """(status, body) of a request from inside the node."""
-    body = f"-H 'Content-Type: application/json' --data '{json.dumps(data)}'" if data else ""
+    body = f"-H 'Content-Type: application/json' --data {shlex.quote(json.dumps(data))}" if data else ""
     cmd = f"curl -sS -o /tmp/body -w '%{{http_code}}' {'-H @-' if key else ''} {body} {BASE}{path}"
-    out = host.run(f"sh -c {json.dumps((AUTH if key else '') + cmd)}")
+    out = host.run("sh -c " + shlex.quote((AUTH if key else "") + cmd))
     assert out.rc == 0, out.stderr
     return int(out.stdout), host.file("/tmp/body").content_string
 
