@@ -87,13 +87,14 @@ def test_streaming_is_not_buffered(api, alice):
     arrivals = []
     start = time.monotonic()
     with api.post(f"{BASE}/v1/completions", headers=alice, stream=True, timeout=60,
-                  json={"model": MODEL, "prompt": "Once upon a time", "max_tokens": 64,
+                  json={"model": MODEL, "prompt": "Once upon a time", "max_tokens": 256,
                         "stream": True, "ignore_eos": True}) as reply:
         assert reply.status_code == 200
         for line in reply.iter_lines():
             if line.startswith(b"data: "):
                 arrivals.append(time.monotonic() - start)
-    assert len(arrivals) >= 60
+    # vLLM may put several tokens in one chunk; there are still many chunks.
+    assert len(arrivals) >= 32, len(arrivals)
     spread = arrivals[-1] - arrivals[0]
     # A buffering proxy delivers every chunk at once at the end.
     assert spread > 0.05, f"first chunk at {arrivals[0]:.3f}s, last at {arrivals[-1]:.3f}s"
