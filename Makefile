@@ -10,6 +10,7 @@ LAB       ?= .lab
 SUITES    ?= bookworm
 SCENARIOS ?= default cluster nvidia_driver
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+export VLLM_FLEET_LAB_DIR := $(CURDIR)/$(LAB)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: help venv images lab-assets lab lab-down lint unit molecule test bench clean
