@@ -75,6 +75,8 @@ CASES = {
     "quote in client key": ({"gateway_api_clients": [{"name": "alice", "key": KEY_A + '"; return 200'}]},
                             ["client 'alice'", "[A-Za-z0-9._~+/=-]"]),
     "no clients": ({"gateway_api_clients": []}, ["gateway_api_clients: empty"]),
+    "bad hash header": ({"gateway_hash_header": "X Session"}, ["gateway_hash_header=X Session", "header name"]),
+    "unknown interface": ({"failover_interface": "nosuch0"}, ["failover_interface=nosuch0", "one of this host's"]),
     "zero rate": ({"gateway_rate_limit": 0}, ["gateway_rate_limit=0", "> 0"]),
     "expired certificate": ({"gateway_tls_certificate": EXPIRED[0], "gateway_tls_private_key": EXPIRED[1]},
                             ["the certificate is not valid now"]),
