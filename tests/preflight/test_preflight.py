@@ -42,6 +42,9 @@ def base_vars(tmp: pathlib.Path) -> dict:
         "vllm_model_dir": str(tmp / "state" / "models"),
         "vllm_model": {"name": "m", "controller_path": str(model)},
         "vllm_api_key": KEY,
+        "backup_password": "b" * 32,
+        # Off this machine: preflight never contacts it, and no root-file-system warning.
+        "backup_repository": "sftp:restic@backup.invalid:/srv/restic",
         "vllm_instances": [{"name": "default", "port": free_port()}],
     }
 

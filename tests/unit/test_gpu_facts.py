@@ -481,3 +481,32 @@ def test_collect_with_nvml_init_errors(code, state, words):
 def test_import_nvml_is_optional():
     nvml = gpu.import_nvml()
     assert nvml is None or hasattr(nvml, "nvmlInit")
+
+
+# --------------------------------------------------------------------------
+# Recorded by this project on a real H100 (one GPU in a VM); see SOURCES.md
+# --------------------------------------------------------------------------
+
+VM = "h100-80gb-hbm3-vm"
+#: torch.cuda.mem_get_info(0)[1] on that machine, in the same session.
+VM_TORCH_TOTAL_BYTES = 85017493504
+
+
+def test_recorded_h100_vm_usable_memory_is_what_cuda_reports():
+    (card,) = parse(VM + ".query-gpu.csv")
+    assert card["memory_total_bytes"] == 81559 * MIB and card["memory_reserved_bytes"] == 480 * MIB
+    assert card["memory_usable_bytes"] == VM_TORCH_TOTAL_BYTES == 81079 * MIB
+    assert card["fabric_state"] is None and card["persistence_mode"] is True and card["mig_enabled"] is False
+
+
+def test_recorded_h100_vm_collect_with_nvidia_smi(tmp_path):
+    run = FakeNvidiaSmi((0, fixture(VM + ".query-gpu.csv"), ""), table=VM + ".nvidia-smi.txt",
+                        topo=VM + ".topo-m.txt", nvlink=VM + ".nvlink-s.txt")
+    facts = gpu.collect_with_nvidia_smi(run, "nvidia-smi", pci_root=str(tmp_path))
+    assert facts["state"] == "ok" and facts["count"] == 1 and facts["names"] == ["NVIDIA H100 80GB HBM3"]
+    assert (facts["driver_version"], facts["cuda_version"], facts["compute_capability"]) == ("580.159.04", "13.0", "9.0")
+    # The VM sees no NVLink (empty `nvlink -s`, a one-GPU matrix) and no fabric: a plain PCIe-attached view.
+    assert facts["nvlink"] is False and facts["nvswitch"] is False and facts["fabric_ready"] is None
+    assert gpu.parse_cuda_version(fixture(VM + ".nvidia-smi-q.txt")) == "13.0"
+    assert gpu.parse_cuda_version(fixture(VM + ".version.txt")) == "13.0"
+    assert gpu.parse_topology_matrix(fixture(VM + ".topo-m.txt"))["gpu_count"] == 1

@@ -48,6 +48,9 @@ def node_vars(tmp: pathlib.Path, address: str) -> dict:
         "vllm_model_dir": str(tmp / "state" / "models"),
         "vllm_model": {"name": "m", "controller_path": str(model)},
         "vllm_api_key": "k" * 40,
+        # Every host is backed up: a valid repository (never contacted by preflight).
+        "backup_password": "b" * 32,
+        "backup_repository": "sftp:restic@backup.invalid:/srv/restic",
         "vllm_listen_address": address,
         "vllm_instances": [{"name": "default", "port": free_port()}],
     }

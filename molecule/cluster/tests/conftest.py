@@ -84,3 +84,43 @@ def completion(session, headers, prompt="Hello fleet", max_tokens=8, **extra):
 def access_log(node: str) -> list[dict]:
     out = sh(node, "cat /var/log/nginx/vllm-access.json 2>/dev/null || true").stdout
     return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def scenario_inventory() -> pathlib.Path:
+    """Molecule's inventory directory of this scenario (with the lab group_vars linked)."""
+    if os.environ.get("MOLECULE_INVENTORY_FILE"):
+        return pathlib.Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
+    found = sorted(pathlib.Path.home().glob(".ansible/tmp/molecule.*.cluster/inventory/ansible_inventory.yml"),
+                   key=lambda p: p.stat().st_mtime)
+    assert found, "no Molecule inventory for the cluster scenario"
+    return found[-1].parent
+
+
+def playbook(path: str, *args: str, inventories: tuple[str, ...] = (), timeout: int = 1800) -> subprocess.CompletedProcess:
+    """Run a playbook of the project against this scenario's hosts, as an operator would.
+
+    The inventory is Molecule's (with the lab group_vars linked in), plus any
+    extra inventory files given; ansible.cfg is the project's.
+    """
+    inventory = scenario_inventory()
+    cmd = ["ansible-playbook", str(ROOT / path), "-i", str(inventory)]
+    for extra in inventories:
+        cmd += ["-i", extra]
+    env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_FORCE_COLOR": "0",
+           "ANSIBLE_NOCOLOR": "1"}
+    return subprocess.run(cmd + list(args), capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def recap(out: str) -> dict[str, dict[str, int]]:
+    """PLAY RECAP counters per host."""
+    found = {}
+    for line in out.split("PLAY RECAP")[-1].splitlines():
+        parts = line.split(":", 1)
+        if len(parts) == 2 and "ok=" in parts[1]:
+            found[parts[0].strip()] = {k: int(v) for k, v in (kv.split("=") for kv in parts[1].split())}
+    return found
+
+
+def vllm_started_at(node: str) -> str:
+    """When systemd last started the node's vLLM (changes on every restart)."""
+    return sh(node, "systemctl show -p ActiveEnterTimestampMonotonic --value vllm@default.service").stdout.strip()

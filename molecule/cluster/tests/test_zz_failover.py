@@ -5,7 +5,7 @@ import time
 
 import requests
 
-from conftest import BASE, completion, sh, vip_holders, wait_for
+from conftest import completion, playbook, sh, vip_holders, wait_for
 
 MOVE_TIMEOUT = 20
 
@@ -66,3 +66,24 @@ def test_killing_keepalived_on_the_master_moves_the_vip(api, alice):
     restore(master)
     wait_for(lambda: vip_holders() == [other(master)], MOVE_TIMEOUT)
     assert serves(api, alice)
+
+
+def test_with_preempt_the_higher_priority_node_takes_the_vip_back(api, alice):
+    """failover_preempt=true: the first node (highest priority) reclaims the VIP
+    once it is healthy again.  The default (nopreempt) is restored afterwards."""
+    run = playbook("site.yml", "--tags", "failover", "-e", "failover_preempt=true")
+    assert run.returncode == 0, run.stdout[-3000:]
+    try:
+        if vip_holders() != ["cluster-node1"]:
+            # Hand the VIP to node1 first: with preempt, stopping node2's
+            # keepalived moves it and node2 does not take it back.
+            restore(fault_moves_the_vip(api, alice, "systemctl stop keepalived"))
+        assert vip_holders() == ["cluster-node1"]
+        fault_moves_the_vip(api, alice, "systemctl stop keepalived")
+        sh("cluster-node1", "systemctl start keepalived")
+        wait_for(lambda: vip_holders() == ["cluster-node1"], MOVE_TIMEOUT)
+        wait_for(lambda: serves(api, alice), MOVE_TIMEOUT)
+    finally:
+        run = playbook("site.yml", "--tags", "failover")
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert "nopreempt" in sh("cluster-node1", "cat /etc/keepalived/keepalived.conf").stdout

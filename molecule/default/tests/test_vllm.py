@@ -3,6 +3,9 @@
 Runs inside the converged container through testinfra's docker backend.
 The internal API key is read from the root-only EnvironmentFile inside the
 container and handed to curl on stdin, so it is never on a command line.
+The cluster scenario runs these same tests on one of its nodes
+(molecule/cluster/tests/test_vllm_node.py), so the address is read from the
+instance's config rather than assumed.
 """
 import json
 import re
@@ -10,15 +13,19 @@ import shlex
 
 
 UNIT = "vllm@default.service"
-BASE = "http://127.0.0.1:8000"
 MODEL = "tiny-llama"
 AUTH = ". /etc/vllm/default.env && printf 'Authorization: Bearer %s' \"$VLLM_API_KEY\" | "
+
+
+def address(host):
+    """The address the instance listens on, from its `vllm serve --config` file."""
+    return re.search(r"^host: (\S+)$", host.file("/etc/vllm/default.yaml").content_string, re.M).group(1)
 
 
 def curl(host, path, *, key=False, data=None):
     """(status, body) of a request from inside the node."""
     body = f"-H 'Content-Type: application/json' --data {shlex.quote(json.dumps(data))}" if data else ""
-    cmd = f"curl -sS -o /tmp/body -w '%{{http_code}}' {'-H @-' if key else ''} {body} {BASE}{path}"
+    cmd = f"curl -sS -o /tmp/body -w '%{{http_code}}' {'-H @-' if key else ''} {body} http://{address(host)}:8000{path}"
     out = host.run("sh -c " + shlex.quote((AUTH if key else "") + cmd))
     assert out.rc == 0, out.stderr
     return int(out.stdout), host.file("/tmp/body").content_string
@@ -32,10 +39,10 @@ def test_unit_is_active_and_runs_as_vllm(host):
 
 
 def test_listens_only_on_the_configured_address(host):
-    assert host.socket("tcp://127.0.0.1:8000").is_listening
+    assert host.socket(f"tcp://{address(host)}:8000").is_listening
     listeners = host.run("ss -Htln 'sport = :8000'").stdout.split("\n")
     addresses = {line.split()[3] for line in listeners if line.strip()}
-    assert addresses == {"127.0.0.1:8000"}
+    assert addresses == {f"{address(host)}:8000"}
 
 
 def test_health(host):
@@ -98,7 +105,7 @@ def test_vllm_cannot_rewrite_its_code_or_config(host):
 def test_service_survives_a_restart(host):
     host.run_test(f"systemctl restart {UNIT}")
     ready = host.run(f"sh -c '. /etc/vllm/default.env && export VLLM_API_KEY && "
-                     f"/opt/vllm/venv/bin/python /opt/vllm/wait-ready {UNIT} {BASE} {MODEL} 300'")
+                     f"/opt/vllm/venv/bin/python /opt/vllm/wait-ready {UNIT} http://{address(host)}:8000 {MODEL} 300'")
     assert ready.rc == 0, ready.stdout
     status, body = curl(host, "/v1/completions", key=True,
                         data={"model": MODEL, "prompt": "again", "max_tokens": 4})

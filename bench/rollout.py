@@ -1,0 +1,80 @@
+#!/usr/bin/env python3
+"""Rolling restart of the two-node cluster lab under load.
+
+    molecule converge -s cluster && python bench/rollout.py [--runs 3] [--baseline 30]
+
+Each run: bench/loadgen.py sends non-streaming 8-token completions through the
+VIP (2 workers, fresh TLS connection per request) for --baseline seconds, then
+`ansible-playbook playbooks/upgrade.yml -e upgrade_restart=true` restarts
+both vLLM nodes one at a time while the load goes on.  Reports per run the
+requests sent and failed during the rollout, p50/p99/max latency before and
+during it, and the rollout's wall time; then medians over the runs.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from loadgen import Load  # noqa: E402
+
+
+def inventory() -> str:
+    """The cluster scenario's inventory as Molecule wrote it (with the lab group_vars)."""
+    if os.environ.get("MOLECULE_INVENTORY_FILE"):
+        return str(pathlib.Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent)
+    found = sorted(pathlib.Path.home().glob(".ansible/tmp/molecule.*.cluster/inventory/ansible_inventory.yml"),
+                   key=lambda p: p.stat().st_mtime)
+    if not found:
+        sys.exit("the cluster scenario is not up: run `molecule converge -s cluster` first")
+    return str(found[-1].parent)
+
+
+def one_run(inv: str, baseline: float) -> dict:
+    load = Load(workers=2, deadline=1800).start()
+    time.sleep(baseline)
+    t0 = time.monotonic()
+    env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg")}
+    run = subprocess.run(["ansible-playbook", str(ROOT / "playbooks" / "upgrade.yml"), "-i", inv,
+                          "-e", "upgrade_restart=true", "--limit", "cluster-node1,cluster-node2"],
+                         capture_output=True, text=True, env=env)
+    t1 = time.monotonic()
+    load.stop()
+    if run.returncode != 0:
+        sys.exit(f"upgrade.yml failed:\n{run.stdout[-3000:]}")
+    return {"before": load.summary(until=t0), "during": load.summary(since=t0, until=t1), "seconds": t1 - t0}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--baseline", type=float, default=30)
+    args = parser.parse_args()
+    inv = inventory()
+    runs = []
+    print(f"{'run':>4} {'rollout s':>10} {'sent':>6} {'failed':>7} {'p50 before':>11} {'p99 before':>11} "
+          f"{'p50 during':>11} {'p99 during':>11} {'max during':>11}")
+    for i in range(args.runs):
+        r = one_run(inv, args.baseline)
+        runs.append(r)
+        b, d = r["before"], r["during"]
+        print(f"{i + 1:>4} {r['seconds']:>10.1f} {d['sent']:>6} {d['failed']:>7} {b['p50_s']:>11} {b['p99_s']:>11} "
+              f"{d['p50_s']:>11} {d['p99_s']:>11} {d['max_s']:>11}", flush=True)
+
+    def med(key, part):
+        return statistics.median(r[part][key] for r in runs)
+    print(f"\nmedian over {len(runs)} runs: rollout {statistics.median(r['seconds'] for r in runs):.1f} s, "
+          f"sent {med('sent', 'during')}, failed {med('failed', 'during')} (total {sum(r['during']['failed'] for r in runs)}), "
+          f"p99 before {med('p99_s', 'before')} s, p99 during {med('p99_s', 'during')} s, "
+          f"max during {max(r['during']['max_s'] for r in runs)} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
