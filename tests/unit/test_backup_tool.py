@@ -300,3 +300,10 @@ def test_backup_run_writes_metrics_and_result_and_applies_retention(tmp_path, mo
     metrics = (textfile / "vllm_fleet_backup.prom").read_text()
     assert "vllm_fleet_backup_last_run_success 1\n" in metrics
     assert json.loads((tmp_path / "state/last.json").read_text())["snapshot_id"] == "2eb2bfc2"
+
+
+def test_the_backup_config_directory_is_excluded_inside_backed_up_trees():
+    """/etc/vllm-fleet is backed up (the firewall); its backup/ subdirectory
+    (repository password, S3 keys) must be excluded there too."""
+    config = {"exclude": ["*.tmp"], "exclude_under": ["/etc/vllm-fleet/backup/", "/var/lib/vllm-fleet-backup/restore"]}
+    assert tool.exclusions(config) == ["*.tmp", "/etc/vllm-fleet/backup", "/var/lib/vllm-fleet-backup/restore"]

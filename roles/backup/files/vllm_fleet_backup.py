@@ -74,6 +74,12 @@ def restic_env(env_file: str, environ: dict[str, str]) -> dict[str, str]:
     return env
 
 
+def exclusions(config: dict) -> list[str]:
+    """restic --exclude-file lines: the user's patterns, then every exclude_under
+    directory as an absolute path (so it is left out wherever it lies)."""
+    return list(config.get("exclude", [])) + [p.rstrip("/") for p in config.get("exclude_under", [])]
+
+
 def expand_paths(patterns: list[str], exclude_under: list[str] | None = None,
                  exists=os.path.lexists, globber=None) -> list[str]:
     """Existing paths for the patterns (globs expanded), deduplicated, without
@@ -398,7 +404,9 @@ def cmd_backup(config: dict, env: dict) -> int:
     listing = os.path.join(state, "paths.list")
     excludes = os.path.join(state, "exclude.list")
     write_atomic(listing, "".join(p + "\n" for p in paths), 0o600)
-    write_atomic(excludes, "".join(p + "\n" for p in config.get("exclude", [])), 0o600)
+    # exclude_under also applies inside the backed-up trees: /etc/vllm-fleet
+    # holds the firewall and, below it, the repository password and keys.
+    write_atomic(excludes, "".join(p + "\n" for p in exclusions(config)), 0o600)
     retries, wait = int(config.get("lock_retries", 0)), float(config.get("lock_wait_seconds", 60))
     print(f"backing up {len(paths)} path(s): {' '.join(paths)}", flush=True)
 
