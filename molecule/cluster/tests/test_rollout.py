@@ -28,7 +28,7 @@ def report(name: str, summary: dict) -> None:
 def test_rolling_restart_under_load_loses_no_request():
     before = {node: vllm_started_at(node) for node in NODES}
     holder = vip_holders()
-    load = Load(workers=2, deadline=900, pause=0.25).start()
+    load = Load(workers=2, deadline=1200, pause=0.5).start()
     time.sleep(3)
     run = playbook("playbooks/upgrade.yml", "-e", "upgrade_restart=true", "--limit", ",".join(NODES))
     summary = load.stop()
@@ -71,7 +71,7 @@ def node3_inventory(tmp_path_factory) -> str:
 def test_adding_a_node_under_load_loses_no_request_and_restarts_nothing(node3_inventory):
     before = {node: vllm_started_at(node) for node in NODES}
     nginx_pid = {node: sh(node, "systemctl show -p MainPID --value nginx").stdout.strip() for node in NODES}
-    load = Load(workers=1, deadline=1800, pause=0.2).start()
+    load = Load(workers=1, deadline=1800, pause=0.5).start()
     run = playbook("site.yml", "--limit", f"{NODE3[0]}:vllm_gateways", inventories=(node3_inventory,))
     summary = load.stop()
     report("add a node", summary)
