@@ -55,10 +55,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def run_site(tmp: pathlib.Path, bad: dict, *, path_prefix: pathlib.Path | None = None,
-             playbook: str = "site.yml", gateways: bool = False, common: dict | None = None):
-    good = {**base_vars(tmp), **(common or {})}
-    hosts = {"good-node": good, "bad-node": {**good, **bad}}
+def _inventory_run(tmp: pathlib.Path, hosts: dict, *, path_prefix: pathlib.Path | None = None,
+                   playbook: str = "site.yml", gateways: bool = False):
     groups = {"vllm_nodes": {"hosts": hosts}}
     if gateways:
         groups["vllm_gateways"] = {"hosts": {name: None for name in hosts}}
@@ -67,13 +65,59 @@ def run_site(tmp: pathlib.Path, bad: dict, *, path_prefix: pathlib.Path | None =
     inv.write_text(yaml.safe_dump(inventory, sort_keys=False))
     env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
            "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_CACHE_PLUGIN": "memory",
-           "ANSIBLE_CALLBACKS_ENABLED": "ansible.builtin.default"}
+           "ANSIBLE_CALLBACKS_ENABLED": "ansible.builtin.default",
+           # One line per task result, so a batch's output splits by host.
+           "ANSIBLE_CALLBACK_RESULT_FORMAT": "json", "ANSIBLE_CALLBACK_RESULT_INDENTATION": "0",
+           "ANSIBLE_FORKS": "8"}
     if path_prefix:
         env["PATH"] = f"{path_prefix}:{env['PATH']}"
     result = subprocess.run(
         [str(pathlib.Path(sys.executable).parent / "ansible-playbook"), "-i", str(inv), "--check", playbook],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     return result, result.stdout + result.stderr
+
+
+def run_site(tmp: pathlib.Path, bad: dict, *, path_prefix: pathlib.Path | None = None,
+             playbook: str = "site.yml", gateways: bool = False, common: dict | None = None):
+    good = {**base_vars(tmp), **(common or {})}
+    hosts = {"good-node": good, "bad-node": {**good, **bad}}
+    return _inventory_run(tmp, hosts, path_prefix=path_prefix, playbook=playbook, gateways=gateways)
+
+
+class Batch:
+    """Many host-local cases in one site.yml --check: host `bad-<n>` carries
+    case n's bad values beside `good-node`.  Preflight checks every host
+    before any host changes, so one run must reject each bad host with its
+    own message; lines are attributed to a host by Ansible's `[host]` prefix.
+    Cross-host rules (VRRP peers, gateway groups) keep their own runs."""
+
+    def __init__(self, tmp: pathlib.Path, cases: dict[str, dict]):
+        self.tmp = tmp
+        self.hosts = {name: f"bad-{i}" for i, name in enumerate(cases)}
+        good = base_vars(tmp)
+        inventory = {"good-node": good, **{self.hosts[name]: {**good, **bad} for name, bad in cases.items()}}
+        self.result, self.out = _inventory_run(tmp, inventory)
+
+    def lines(self, host: str) -> str:
+        return "\n".join(line for line in self.out.splitlines()
+                         if re.match(rf"^(fatal|failed): \[{re.escape(host)}\]", line))
+
+    def assert_rejected(self, case: str, *fragments: str) -> str:
+        host = self.hosts[case]
+        own = self.lines(host)
+        assert self.result.returncode != 0, self.out[-4000:]
+        assert own, f"{host} ({case}) was not rejected:\n{self.out[-4000:]}"
+        for fragment in fragments:
+            fragment = fragment.replace("[bad-node]", f"[{host}]")
+            assert fragment in own, f"{fragment!r} not in {host}'s failures ({case}):\n{own[-4000:]}"
+        # good-node fails only at the final stop, which names every bad host.
+        assert '"msg": "[good-node]' not in self.lines("good-node"), self.lines("good-node")
+        stop = re.search(r'"msg": "Preflight failed on ([^;]+); no host was changed', self.out)
+        assert stop, self.out[-4000:]
+        assert host in stop.group(1).split(", "), stop.group(0)
+        assert "vllm : Install" not in self.out, self.out[-4000:]
+        assert not (self.tmp / "state").exists()
+        return own
 
 
 def assert_rejected(tmp, result, out, *fragments):
@@ -119,10 +163,20 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("bad,fragments", CASES.values(), ids=CASES.keys())
-def test_bad_value_fails_before_any_change(tmp_path, bad, fragments):
-    result, out = run_site(tmp_path, bad)
-    assert_rejected(tmp_path, result, out, *fragments)
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory):
+    return Batch(tmp_path_factory.mktemp("preflight"), {name: bad for name, (bad, _) in CASES.items()})
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_value_fails_before_any_change(batch, case):
+    batch.assert_rejected(case, *CASES[case][1])
+
+
+def test_one_bad_value_is_enough_to_stop_the_run(tmp_path):
+    """The batch's control: a single bad host among good ones stops everything."""
+    result, out = run_site(tmp_path, {"vllm_max_model_len": 0})
+    assert_rejected(tmp_path, result, out, "[bad-node] vllm_max_model_len=0", "> 0")
 
 
 def test_port_in_use_by_another_program(tmp_path):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from test_preflight import assert_rejected, run_site
+from test_preflight import Batch, assert_rejected, run_site
 
 CASES = {
     "retention keeps nothing": (
@@ -43,13 +43,17 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("bad,fragments", CASES.values(), ids=CASES.keys())
-def test_bad_backup_value_fails_before_any_change(tmp_path, bad, fragments):
-    result, out = run_site(tmp_path, bad)
-    assert_rejected(tmp_path, result, out, *fragments)
-    assert "backup : Install" not in out
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory):
+    return Batch(tmp_path_factory.mktemp("preflight-backup"), {name: bad for name, (bad, _) in CASES.items()})
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_backup_value_fails_before_any_change(batch, case):
+    batch.assert_rejected(case, *CASES[case][1])
+    assert "backup : Install" not in batch.out
     # The password never reaches the output, even when it is the bad value.
-    assert "hunter2" not in out
+    assert "hunter2" not in batch.out
 
 
 def test_backup_disabled_is_not_checked(tmp_path):
