@@ -66,6 +66,8 @@ def main() -> int:
         b, d = r["before"], r["during"]
         print(f"{i + 1:>4} {r['seconds']:>10.1f} {d['sent']:>6} {d['failed']:>7} {b['p50_s']:>11} {b['p99_s']:>11} "
               f"{d['p50_s']:>11} {d['p99_s']:>11} {d['max_s']:>11}", flush=True)
+        for error in d["errors"]:
+            print(f"     failed: {error}", flush=True)
 
     def med(key, part):
         return statistics.median(r[part][key] for r in runs)
