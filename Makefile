@@ -63,7 +63,12 @@ unit: venv
 	$(BIN)/pytest -q tests/unit tests/preflight
 
 molecule: venv images lab-assets
-	for s in $(SCENARIOS); do $(BIN)/molecule test -s $$s || exit 1; done
+	@mkdir -p .cache/logs
+	# CI keeps only the tail of its output: on a failure, end with the failed tasks.
+	for s in $(SCENARIOS); do \
+	  $(BIN)/molecule test -s $$s 2>&1 | tee .cache/logs/molecule-$$s.log \
+	    || { $(PY) scripts/failed-tasks.py .cache/logs/molecule-$$s.log; exit 1; }; \
+	done
 
 test: lint unit molecule
 

@@ -1,0 +1,57 @@
+#!/usr/bin/env python3
+"""Print the failed Ansible tasks of a Molecule log, for the end of a CI log.
+
+usage: failed-tasks.py LOG
+
+CI keeps only the tail of its output, and Molecule ends with a recap that says
+a step failed but not which task.  This prints, for every `fatal:` or
+`failed:` result in LOG, the task header above it and the result itself, with
+Molecule's colours and frame removed.  Exit status 0 whether or not any were
+found (it runs after a failure has already been reported).
+"""
+import re
+import sys
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+FRAME = re.compile(r"^\s*[│|]\s?")
+RESULT = re.compile(r"^(fatal|failed): \[")
+TASK = re.compile(r"^(TASK|RUNNING HANDLER) \[")
+MORE = 25  # lines of a result to show
+END = ("PLAY", "ok: [", "changed: [", "skipping: [", "fatal: [", "failed: [", "included: ")
+
+
+def clean(line: str) -> str:
+    return FRAME.sub("", ANSI.sub("", line.rstrip("\n")), count=1)
+
+
+def failures(lines: list[str]) -> list[list[str]]:
+    found, task, play_step = [], "", ""
+    for i, line in enumerate(lines):
+        if "➜" in line and "Executing" in line:
+            play_step = line.strip()
+        if TASK.match(line):
+            task = line.strip()
+        elif RESULT.match(line):
+            body = [line]
+            for follow in lines[i + 1:]:
+                if TASK.match(follow) or follow.startswith(END):
+                    break
+                body.append(follow)
+            if "...ignoring" not in body:
+                found.append([play_step, task] + body[:MORE])
+    return found
+
+
+def main() -> int:
+    with open(sys.argv[1], encoding="utf-8", errors="replace") as log:
+        lines = [clean(line) for line in log]
+    found = failures(lines)
+    print(f"=== {len(found)} failed task result(s) in {sys.argv[1]} ===")
+    for block in found:
+        print("\n".join(part for part in block if part))
+        print("---")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
