@@ -115,6 +115,10 @@ def test_the_repository_is_shared_and_snapshots_carry_the_inventory_name(node, b
     snaps = json.loads(sh(other, f"{TOOL} restic snapshots --json --host {node}").stdout)
     assert backup["snapshot_id"] in [s["short_id"] for s in snaps]
     assert {s["hostname"] for s in snaps} == {node}
+    # Initialised once: hosts that found it uninitialised together did not each
+    # write a master key (a race that leaves a repository nobody can open).
+    keys = json.loads(sh(other, f"{TOOL} restic key list --json").stdout)
+    assert len(keys) == 1, keys
 
 
 def test_the_repository_check_passes(node, backup):
