@@ -5,8 +5,9 @@
     python bench/monitoring_figures.py   # prints the tables
 
 The verify step of molecule/monitoring evaluates every alert expression and
-dashboard query through Prometheus's HTTP API against the live vLLM and
-node_exporter, times VllmInstanceDown from `systemctl stop` to firing, and
+dashboard query through Prometheus's HTTP API against the live stack of one
+lab host (vLLM, node_exporter, nginx exporter, mtail, VRRP and backup
+textfile metrics, blackbox TLS probe), times VllmInstanceDown from `systemctl stop` to firing, and
 reads Prometheus's own scrape and rule-evaluation durations
 (scrape_duration_seconds, prometheus_target_interval_length_seconds,
 prometheus_rule_group_last_duration_seconds).  This script only formats them.

@@ -1,14 +1,19 @@
-"""Prometheus (monitoring role) watching the real vLLM and node_exporter.
+"""Prometheus (monitoring role) watching the real stack of one lab host.
 
-Runs inside the converged container through testinfra's docker backend.
-Completions go through vLLM with the internal key read from the root-only
-EnvironmentFile and handed to curl on stdin.  Then every alert expression
+Runs inside the converged container through testinfra's docker backend.  The
+host is a vLLM node, the only gateway (nginx, keepalived holding the VIP), the
+monitoring host and a backup client, so every source the rules read is live:
+vLLM, node_exporter, the nginx exporter and mtail, the VRRP and backup
+textfile metrics and the blackbox TLS probe of the VIP's name.  Completions
+go straight to vLLM (the internal key read from the root-only EnvironmentFile
+and handed to curl on stdin) and through the gateway with a client key; a
+backup and the repository check run once.  Then every alert expression
 Prometheus loaded and every query of the dashboard is evaluated through the
-HTTP API: each must parse, and each whose metric sources run in this
-scenario must find data.  Sources that do not run here are listed in
-NOT_DEPLOYED with the reason; a selector of theirs that finds data means the
-list is stale and fails the test.  Last, vLLM is stopped and VllmInstanceDown
-must fire within its `for` plus two scrape intervals.
+HTTP API: each must parse, and each must find data for every selector.
+Only DCGM cannot run here (NOT_DEPLOYED, with the reason); a selector of its
+that finds data means the list is stale and fails the test.  Last, vLLM is
+stopped and VllmInstanceDown must fire within its `for` plus two scrape
+intervals.
 
 Figures (counts, scrape and rule-evaluation durations, time to fire) are
 printed and written to .lab/figures/monitoring.json (bench/monitoring_figures.py
@@ -31,13 +36,16 @@ import yaml
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 PROM = "http://127.0.0.1:9090"
 ALERTMANAGER = "http://127.0.0.1:9093"
-VLLM = "http://127.0.0.1:8000"
+VLLM = "http://172.31.251.11:8000"  # vllm_listen_address is the lab address (host_vars)
 UNIT = "vllm@default.service"
 MODEL = "tiny-llama"
 AUTH = ". /etc/vllm/default.env && printf 'Authorization: Bearer %s' \"$VLLM_API_KEY\" | "
 DASHBOARD = "/var/lib/grafana/dashboards/vllm-fleet/vllm-fleet.json"
 FIGURES = ROOT / ".lab" / "figures" / "monitoring.json"
 COMPLETIONS = 6
+GATEWAY = "https://vllm.lab.internal"
+LAB_CA = "/etc/vllm-fleet-lab-ca.crt"
+CLIENT_KEY = ROOT / ".lab" / "secrets" / "client-lab-alice"
 
 # Where each metric comes from, by name; `up` by its job matcher.
 SOURCES = [
@@ -55,11 +63,6 @@ UP_JOBS = {"vllm": "vllm", "node": "node_exporter", "prometheus": "prometheus", 
 
 # Sources that write no series in this scenario, and why.
 NOT_DEPLOYED = {
-    "gateway": "no host in vllm_gateways here: the nginx exporter and mtail read the gateway role's nginx",
-    "failover": "no gateways here: the failover role's keepalived notify script writes vllm_fleet_vrrp_master",
-    "backup": ("site.yml deploys the backup role, but its daily timer does not fire during the test, so no "
-               "vllm_fleet_backup_* is written yet (the cluster scenario's drill proves the metrics)"),
-    "blackbox": "monitoring_tls_probe_targets is empty in the lab: no https endpoint to probe",
     "dcgm": "no NVIDIA GPU in a container: NVIDIA's DCGM exporter cannot run here (monitoring_dcgm_enabled: false)",
 }
 
@@ -203,6 +206,19 @@ def check(host, expr: str, *, whole_must_return: bool) -> dict:
             "returned": len(answer["data"]["result"])}
 
 
+def gateway_completion(host, prompt: str, max_tokens: int, resolve: str = "", check: bool = True) -> str:
+    body = json.dumps({"model": MODEL, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0})
+    key = CLIENT_KEY.read_text().strip()
+    pin = f"--resolve vllm.lab.internal:443:{resolve} " if resolve else ""
+    cmd = (f"curl -sS -m 30 -o /dev/null -w '%{{http_code}}' --cacert {LAB_CA} {pin}-H @- "
+           f"-H 'Content-Type: application/json' --data {shlex.quote(body)} {GATEWAY}/v1/completions")
+    # The key goes to curl on stdin (testinfra's run has no stdin): never on a command line.
+    out = subprocess.run(["docker", "exec", "-i", "monitoring-node1", "sh", "-c", cmd],
+                         input=f"Authorization: Bearer {key}\n", capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 or not check, out.stderr
+    return out.stdout
+
+
 # --- the stack --------------------------------------------------------------------------
 
 def test_services_run_and_prometheus_listens_on_loopback_only(host):
@@ -223,10 +239,11 @@ def test_deployed_config_and_rules_pass_promtool(host):
 def test_targets_from_the_inventory_are_up(host):
     targets = curl_json(host, f"{PROM}/api/v1/targets", "state=active")["data"]["activeTargets"]
     by_job = {t["labels"]["job"]: t for t in targets}
-    assert set(by_job) == {"prometheus", "vllm", "node"}, by_job.keys()
+    assert set(by_job) == {"prometheus", "vllm", "node", "nginx", "mtail", "blackbox-tls"}, by_job.keys()
     assert by_job["vllm"]["labels"].items() >= {"node": "monitoring-node1", "instance_name": "default",
                                                 "model": MODEL}.items()
     assert by_job["vllm"]["scrapeUrl"] == f"{VLLM}/metrics"
+    assert by_job["blackbox-tls"]["labels"]["instance"] == "vllm.lab.internal:443"
     for target in targets:
         assert target["health"] == "up", target
 
@@ -251,22 +268,70 @@ def test_completions_reach_the_metrics(host):
             break
         time.sleep(2)
     assert after >= before + COMPLETIONS, (before, after)
+    # Through the gateway (TLS to the VIP's name, a client key): mtail counts
+    # them from nginx's access log.
+    for i in range(COMPLETIONS):
+        assert gateway_completion(host, f"Gateway check {i}", 4) == "200"
     # Two more scrapes so every rate() window holds the new samples.
     scrape = seconds(yaml.safe_load(host.file("/etc/prometheus/prometheus.yml").content_string)["global"]["scrape_interval"])
     time.sleep(2 * scrape)
 
 
+def test_gateway_errors_reach_the_metrics(host):
+    """A 401 (no key) and a 502 (vLLM stopped) through the gateway, so the
+    4xx/5xx selectors of the rules and the dashboard have series to find."""
+    out = host.run(f"curl -sS -o /dev/null -w '%{{http_code}}' --cacert {LAB_CA} {GATEWAY}/v1/models")
+    assert out.stdout == "401", (out.stdout, out.stderr)
+    host.run_test(f"systemctl stop {UNIT}")
+    try:
+        # To the node's own address: the VIP leaves once keepalived's check sees vLLM gone.
+        status = gateway_completion(host, "No backend", 4, resolve="172.31.251.11")
+        assert status in ("502", "503"), status
+    finally:
+        host.run(f"systemctl start {UNIT}")
+        ready = wait_ready(host)
+    assert ready.rc == 0, ready.stdout
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not series(host, 'vllm_fleet_gateway_requests_total{status_class="5xx"}'):
+        time.sleep(2)
+    assert series(host, 'vllm_fleet_gateway_requests_total{status_class="5xx"}')
+    assert series(host, 'vllm_fleet_gateway_requests_total{status_class="4xx"}')
+    # The VIP is back once the check passes again (rise), and serves.
+    wait = time.monotonic() + 60
+    while time.monotonic() < wait and gateway_completion(host, "Back", 4, check=False) != "200":
+        time.sleep(2)
+    assert gateway_completion(host, "Back", 4) == "200"
+
+
+def wait_ready(host):
+    return host.run(f"sh -c '. /etc/vllm/default.env && export VLLM_API_KEY && "
+                    f"/opt/vllm/venv/bin/python /opt/vllm/wait-ready {UNIT} {VLLM} {MODEL} 600'")
+
+
+def test_a_backup_and_a_repository_check_write_their_metrics(host):
+    """The timers would fire daily and weekly: start both services once, as the
+    timers would, and wait until Prometheus has scraped their textfile metrics."""
+    for unit in ("vllm-fleet-backup.service", "vllm-fleet-backup-check.service"):
+        out = host.run(f"systemctl start {unit}")
+        assert out.rc == 0, host.run(f"journalctl -u {unit} -n 20 --no-pager").stdout
+    deadline = time.monotonic() + 60
+    wanted = ("vllm_fleet_backup_last_success_timestamp_seconds", "vllm_fleet_backup_check_success")
+    while time.monotonic() < deadline and not all(series(host, f'{m}{{job="node"}}') for m in wanted):
+        time.sleep(2)
+    assert series(host, 'vllm_fleet_backup_check_success{job="node"}')[0]["value"][1] == "1"
+    last = float(series(host, 'vllm_fleet_backup_last_success_timestamp_seconds{job="node"}')[0]["value"][1])
+    assert time.time() - last < 600, last
+
+
 def test_every_alert_expression_parses_and_finds_its_metrics(host):
     groups = curl_json(host, f"{PROM}/api/v1/rules", "type=alert")["data"]["groups"]
     alerts = [r for g in groups for r in g["rules"]]
-    assert len(alerts) == 21, [a["name"] for a in alerts]
+    assert len(alerts) == 22, [a["name"] for a in alerts]
     results = {a["name"]: check(host, a["query"], whole_must_return=False) for a in alerts}
     FIGURES_DATA["alerts"] = results
-    deployed = [n for n, r in results.items() if not r["not_deployed"]]
-    # The vLLM and node alerts (and ExporterDown, on Prometheus's own target) run on live data here.
-    assert set(deployed) >= {"VllmInstanceDown", "VllmRequestsWaiting", "VllmKvCacheFull", "VllmTimeToFirstTokenHigh",
-                             "VllmEndToEndLatencyHigh", "VllmPreemptions", "VllmEngineWedged", "NodeDown",
-                             "NodeModelDiskFull", "ExporterDown"}
+    not_deployed = {n for n, r in results.items() if r["not_deployed"]}
+    # Every alert runs on live data here, except the three read from DCGM (no GPU).
+    assert not_deployed == {"GpuTemperatureHigh", "GpuMemoryNearlyFull", "GpuXidError"}, not_deployed
 
 
 def test_every_dashboard_query_parses_and_returns_data(host):
@@ -298,6 +363,7 @@ def test_figures(host):
     }
     assert figures["scrape_duration_seconds"].keys() >= {"vllm", "node", "prometheus"}
     assert len(figures["rule_group_last_duration_seconds"]) == 7
+    assert figures["scrape_duration_seconds"].keys() >= {"nginx", "mtail", "blackbox-tls"}
     FIGURES_DATA.update(figures)
 
 
@@ -370,8 +436,7 @@ def test_instance_down_fires_within_for_plus_two_scrapes(host):
         FIGURES_DATA["annotation_query"] = {"expr": annotation, "returned": len(series(host, annotation))}
     finally:
         host.run(f"systemctl start {UNIT}")
-        ready = host.run(f"sh -c '. /etc/vllm/default.env && export VLLM_API_KEY && "
-                         f"/opt/vllm/venv/bin/python /opt/vllm/wait-ready {UNIT} {VLLM} {MODEL} 600'")
+        ready = wait_ready(host)
         _write_figures()
     assert ready.rc == 0, ready.stdout
 
