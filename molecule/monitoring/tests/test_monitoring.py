@@ -249,7 +249,9 @@ def test_targets_from_the_inventory_are_up(host):
 
 
 def test_node_exporter_reads_the_textfile_directory_and_sees_the_model_disk(host):
-    assert host.file("/var/lib/prometheus/node-exporter").is_directory
+    textfile = host.file("/var/lib/prometheus/node-exporter")
+    # One owner for the three roles that create it (monitoring, failover, backup).
+    assert textfile.is_directory and (textfile.user, textfile.group, textfile.mode) == ("root", "root", 0o755)
     info = series(host, 'vllm_fleet_model_dir_info{job="node"}')
     assert info and info[0]["metric"]["path"] == "/srv/vllm/models"
     mount = info[0]["metric"]["mountpoint"]
