@@ -15,8 +15,10 @@ whichever node holds the VIP, and undone before the next run:
 
 Proxy overhead: from inside cluster-node1, --requests streamed 64-token
 completions alternately through the VIP (TLS, nginx, internal key swap) and
-directly to cluster-node2's vLLM; medians of the time to first token and of
-each stream's mean time per chunk (first to last chunk / chunks - 1).
+directly to cluster-node2's vLLM; medians of the time to first token (the
+clock starts once the connection, and TLS, is up) and of each stream's mean
+time per chunk (first to last chunk / chunks - 1), and how many streams
+arrived in one burst (every chunk in one read).
 """
 from __future__ import annotations
 
@@ -169,6 +171,8 @@ def overhead(requests_n: int) -> dict[str, dict]:
             "failed_detail": sorted({(r["status"], r["chunks"]) for r in failed}),
             "ttft_ms": statistics.median(r["ttft"] for r in rows) * 1000,
             "interval_ms": statistics.median(r["interval"] for r in rows) * 1000,
+            # Streams whose chunks all arrived in one read (held back somewhere on the way).
+            "one_burst": sum(1 for r in rows if r["interval"] < 0.0001),
         }
     return result
 
@@ -192,11 +196,11 @@ def main() -> int:
     if not over:
         return 0
     print()
-    print("| path | streamed requests ok | failed | median TTFT ms | median mean inter-chunk ms |")
-    print("|---|---|---|---|---|")
+    print("| path | streamed requests ok | failed | median TTFT ms | median mean inter-chunk ms | in one burst |")
+    print("|---|---|---|---|---|---|")
     for name, row in over.items():
         print(f"| {name} | {row['n']} | {row['failed']} {row['failed_detail'] or ''} | "
-              f"{row['ttft_ms']:.1f} | {row['interval_ms']:.2f} |")
+              f"{row['ttft_ms']:.1f} | {row['interval_ms']:.2f} | {row['one_burst']} |")
     direct, proxy = over["direct to vLLM"], over["via VIP (nginx, TLS)"]
     budget = direct["ttft_ms"] + max(5.0, 0.05 * direct["ttft_ms"])
     print()

@@ -1,7 +1,8 @@
 """Streaming client copied into a lab node by bench/cluster.py (stdlib only).
 
 usage: python3 stream_client.py URL CA_FILE N MAX_TOKENS   (key on stdin)
-Prints one JSON line per request: {"ttft": s, "intervals": [s, ...], "ok": bool}.
+Prints one JSON line per request: {"ok": bool, "status": int, "chunks": n, "ttft": s,
+"interval": mean s between chunks}; the clock starts after the connection (and TLS) is up.
 """
 import http.client
 import json
@@ -20,6 +21,10 @@ def one(url, ca, key, max_tokens):
         conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=60)
     body = json.dumps({"model": "tiny-llama", "prompt": "Once upon a time", "max_tokens": max_tokens,
                        "stream": True, "ignore_eos": True})
+    # Connect (and, through the VIP, finish the TLS handshake) before the clock
+    # starts: clients keep connections alive, so TTFT compares the request
+    # path, not the handshake.
+    conn.connect()
     start = time.perf_counter()
     conn.request("POST", parts.path, body=body, headers={
         "Authorization": "Bearer " + key, "Content-Type": "application/json"})
