@@ -36,7 +36,8 @@ import yaml
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 PROM = "http://127.0.0.1:9090"
 ALERTMANAGER = "http://127.0.0.1:9093"
-VLLM = "http://172.31.251.11:8000"  # vllm_listen_address is the lab address (host_vars)
+NODE_ADDRESS = "172.31.251.11"  # lab_address (host_vars); vllm_listen_address follows it
+VLLM = f"http://{NODE_ADDRESS}:8000"
 UNIT = "vllm@default.service"
 MODEL = "tiny-llama"
 AUTH = ". /etc/vllm/default.env && printf 'Authorization: Bearer %s' \"$VLLM_API_KEY\" | "
@@ -287,7 +288,7 @@ def test_gateway_errors_reach_the_metrics(host):
     host.run_test(f"systemctl stop {UNIT}")
     try:
         # To the node's own address: the VIP leaves once keepalived's check sees vLLM gone.
-        status = gateway_completion(host, "No backend", 4, resolve="172.31.251.11")
+        status = gateway_completion(host, "No backend", 4, resolve=NODE_ADDRESS)
         assert status in ("502", "503"), status
     finally:
         host.run(f"systemctl start {UNIT}")
