@@ -48,6 +48,7 @@ lab: venv images lab-assets
 	$(BIN)/ansible-playbook playbooks/lab.yml
 	$(BIN)/ansible-playbook -i inventories/lab playbooks/lab-secrets.yml
 	$(BIN)/ansible-playbook -i inventories/lab playbooks/lab-pki.yml
+	$(BIN)/ansible-playbook -i inventories/lab playbooks/lab-realtime.yml
 	$(BIN)/ansible-playbook -i inventories/lab site.yml
 	scripts/lab-completion.sh
 

@@ -89,6 +89,8 @@ CASES = {
     "router id out of range": ({"failover_virtual_router_id": 300}, ["failover_virtual_router_id=300", "1-255"]),
     "fractional advert with VRRPv2": ({"failover_vrrp_version": 2, "failover_advert_interval": 0.5},
                                       ["failover_advert_interval=0.5", "whole"]),
+    "real-time priority out of range": ({"failover_realtime_priority": 120},
+                                        ["failover_realtime_priority=120", "from 1 to 99", "or 0 for none"]),
 }
 
 
