@@ -14,26 +14,36 @@ whichever node holds the VIP, and undone before the next run:
   - keepalived stopped (`systemctl stop`, priority-0 advert)                - graceful
 
 Proxy overhead: from inside cluster-node1, --requests streamed 64-token
-completions alternately through the VIP (TLS, nginx, internal key swap) and
-directly to cluster-node2's vLLM; medians of the time to first token (the
-clock starts once the connection, and TLS, is up) and of each stream's mean
-time per chunk (first to last chunk / chunks - 1), and how many streams
-arrived in one burst (every chunk in one read).
+completions in batches of 10, alternately through the VIP (TLS, nginx,
+internal key swap) and directly to a vLLM (node1's and node2's in turn, the
+two nginx spreads the VIP's requests over); medians of the time to first
+token (the clock starts once the connection, and TLS, is up) and of each
+stream's mean time per chunk (first to last chunk / chunks - 1), and how
+many streams arrived in one burst (every chunk in one read).  While the VIP
+batches run, tcpdump in the VIP holder's network namespace records both of
+nginx's legs; bench/wire.py turns that into the time each request and each
+response segment spent inside nginx (needs tcpdump on this host).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
 import requests
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+import wire  # noqa: E402
+
 LAB = ROOT / ".lab"
 NODES = {"cluster-node1": "172.31.250.11", "cluster-node2": "172.31.250.12"}
 VIP = "172.31.250.100"
@@ -148,19 +158,49 @@ def failover(runs: int, only: str | None = None) -> dict[str, list[tuple[float, 
     return gaps
 
 
-def overhead(requests_n: int) -> dict[str, dict]:
+def capture_start(node: str) -> tuple[subprocess.Popen, str]:
+    """tcpdump in `node`'s network namespace (run from this host: the node has none)."""
+    if not shutil.which("tcpdump"):
+        sys.exit("tcpdump is needed on this host for the in-gateway figures: apt-get install tcpdump")
+    pid = subprocess.run(["docker", "inspect", "-f", "{{.State.Pid}}", node], check=True,
+                         capture_output=True, text=True).stdout.strip()
+    path = tempfile.mkstemp(suffix=".pcap")[1]
+    proc = subprocess.Popen(["nsenter", "-t", pid, "-n", "tcpdump", "-i", "any", "-nn", "-s", "128", "-w", path,
+                             "tcp port 443 or tcp port 8000"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)
+    return proc, path
+
+
+def capture_stop(proc: subprocess.Popen, path: str) -> str:
+    time.sleep(0.5)
+    proc.terminate()
+    proc.wait()
+    text = subprocess.run(["tcpdump", "-nn", "-tt", "-r", path], capture_output=True, text=True).stdout
+    os.unlink(path)
+    return text
+
+
+def overhead(requests_n: int) -> tuple[dict[str, dict], dict[str, list[float]]]:
     client = (ROOT / "bench" / "stream_client.py").read_text()
     sh("cluster-node1", "cat > /tmp/stream_client.py", stdin=client)
     sh("cluster-node1", "cat > /tmp/lab-ca.crt", stdin=(LAB / "pki" / "ca.crt").read_text())
-    targets = {
-        "via VIP (nginx, TLS)": (f"https://{VIP}/v1/completions", secret("client-lab-alice")),
-        "direct to vLLM": (f"http://{NODES['cluster-node2']}:8000/v1/completions", secret("vllm_api_key")),
-    }
-    samples: dict[str, list[dict]] = {name: [] for name in targets}
-    for _ in range(requests_n // 10):
-        for name, (url, key) in targets.items():
-            out = sh("cluster-node1", f"python3 /tmp/stream_client.py {url} /tmp/lab-ca.crt 10 64", stdin=key + "\n")
-            samples[name] += [json.loads(line) for line in out.splitlines()]
+    via, direct = "via VIP (nginx, TLS)", "direct to vLLM"
+    # nginx spreads the VIP's requests over both backends; the direct path
+    # takes turns over the same two, so both sides meet the same backends.
+    samples: dict[str, list[dict]] = {via: [], direct: []}
+    inside: dict[str, list[float]] = {"request_ms": [], "first_ms": [], "chunk_ms": []}
+    gateway = holder()
+    for batch in range(requests_n // 10):
+        proc, path = capture_start(gateway)
+        out = sh("cluster-node1", f"python3 /tmp/stream_client.py https://{VIP}/v1/completions /tmp/lab-ca.crt 10 64",
+                 stdin=secret("client-lab-alice") + "\n")
+        for key, values in wire.residence(wire.parse(capture_stop(proc, path)), VIP).items():
+            inside[key] += values
+        samples[via] += [json.loads(line) for line in out.splitlines()]
+        node = list(NODES)[batch % len(NODES)]
+        out = sh("cluster-node1", f"python3 /tmp/stream_client.py http://{NODES[node]}:8000/v1/completions "
+                                  "/tmp/lab-ca.crt 10 64", stdin=secret("vllm_api_key") + "\n")
+        samples[direct] += [json.loads(line) for line in out.splitlines()]
     result = {}
     for name, rows in samples.items():
         failed = [r for r in rows if not r["ok"]]
@@ -174,7 +214,7 @@ def overhead(requests_n: int) -> dict[str, dict]:
             # Streams whose chunks all arrived in one read (held back somewhere on the way).
             "one_burst": sum(1 for r in rows if r["interval"] < 0.0001),
         }
-    return result
+    return result, inside
 
 
 def main() -> int:
@@ -184,7 +224,7 @@ def main() -> int:
     parser.add_argument("--only", help="run only the failover cases whose name contains this")
     args = parser.parse_args()
 
-    over = overhead(args.requests) if args.requests else {}
+    over, inside = overhead(args.requests) if args.requests else ({}, {})
     gaps = failover(args.runs, args.only)
 
     print("| failover fault | runs | median gap s | max gap s | failed / sent in the 12 s after the fault |")
@@ -202,10 +242,26 @@ def main() -> int:
         print(f"| {name} | {row['n']} | {row['failed']} {row['failed_detail'] or ''} | "
               f"{row['ttft_ms']:.1f} | {row['interval_ms']:.2f} | {row['one_burst']} |")
     direct, proxy = over["direct to vLLM"], over["via VIP (nginx, TLS)"]
-    budget = direct["ttft_ms"] + max(5.0, 0.05 * direct["ttft_ms"])
+    allowance = max(5.0, 0.05 * direct["ttft_ms"])
     print()
-    print(f"TTFT via proxy {proxy['ttft_ms']:.1f} ms vs budget {budget:.1f} ms (direct + max(5 ms, 5%)); "
-          f"cadence ratio (direct/proxy inter-chunk) {direct['interval_ms'] / proxy['interval_ms']:.2f} (goal >= 0.9)")
+    print(f"TTFT via proxy {proxy['ttft_ms']:.1f} ms vs budget {direct['ttft_ms'] + allowance:.1f} ms "
+          f"(direct + max(5 ms, 5%)); cadence ratio (direct/proxy inter-chunk) "
+          f"{direct['interval_ms'] / proxy['interval_ms']:.2f} (goal >= 0.9)")
+    print()
+    print("| inside the gateway (tcpdump on the VIP holder) | n | median ms | p99 ms | max ms |")
+    print("|---|---|---|---|---|")
+    labels = {"request_ms": "request: last client segment -> sent upstream",
+              "first_ms": "first response segment: upstream -> client",
+              "chunk_ms": "every response segment: upstream -> client"}
+    for key, label in labels.items():
+        if inside.get(key):
+            row = wire.summary(inside[key])
+            print(f"| {label} | {row['n']} | {row['median']:.3f} | {row['p99']:.3f} | {row['max']:.3f} |")
+    if inside.get("request_ms") and inside.get("first_ms"):
+        added = statistics.median(inside["request_ms"]) + statistics.median(inside["first_ms"])
+        print()
+        print(f"nginx adds {added:.3f} ms to the time to first token (medians, request + first segment) "
+              f"vs the allowance of {allowance:.1f} ms")
     return 0
 
 

@@ -28,7 +28,7 @@ NODE3 = ("cluster-node3", "172.31.250.13")
 # takes the VIP and a request in flight through it is reset (1 of 3444 in one
 # bench run).  A CI run must not hinge on that; see the README (How to test).
 under_load = pytest.mark.skipif(os.environ.get("VLLM_FLEET_LOAD_TESTS") != "1",
-                                reason="opt-in: VLLM_FLEET_LOAD_TESTS=1 (keepalived stalls on a 2-core machine)")
+                                reason="opt-in: VLLM_FLEET_LOAD_TESTS=1 (about half an hour on a 2-core machine)")
 
 
 def report(name: str, summary: dict) -> None:
