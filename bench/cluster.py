@@ -15,8 +15,8 @@ whichever node holds the VIP, and undone before the next run:
 
 Proxy overhead: from inside cluster-node1, --requests streamed 64-token
 completions in batches of 10, alternately through the VIP (TLS, nginx,
-internal key swap) and directly to a vLLM (node1's and node2's in turn, the
-two nginx spreads the VIP's requests over); medians of the time to first
+internal key swap) and directly to a vLLM (each of the VIP holder's nginx
+upstream servers in turn, as nginx spreads the VIP's requests); medians of the time to first
 token (the clock starts once the connection, and TLS, is up) and of each
 stream's mean time per chunk (first to last chunk / chunks - 1), and how
 many streams arrived in one burst (every chunk in one read).  While the VIP
@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import pathlib
+import re
 import shutil
 import statistics
 import subprocess
@@ -185,11 +186,13 @@ def overhead(requests_n: int) -> tuple[dict[str, dict], dict[str, list[float]]]:
     sh("cluster-node1", "cat > /tmp/stream_client.py", stdin=client)
     sh("cluster-node1", "cat > /tmp/lab-ca.crt", stdin=(LAB / "pki" / "ca.crt").read_text())
     via, direct = "via VIP (nginx, TLS)", "direct to vLLM"
-    # nginx spreads the VIP's requests over both backends; the direct path
-    # takes turns over the same two, so both sides meet the same backends.
+    # nginx spreads the VIP's requests over its backends; the direct path
+    # takes turns over the same ones, so both sides meet the same backends.
     samples: dict[str, list[dict]] = {via: [], direct: []}
-    inside: dict[str, list[float]] = {"request_ms": [], "first_ms": [], "chunk_ms": []}
+    inside: dict[str, list[float]] = {"request_ms": [], "first_ms": [], "chunk_ms": [], "backend_ms": [],
+                                      "upstream_chunk_ms": []}
     gateway = holder()
+    backends = re.findall(r"^\s*server (\S+:\d+) ", sh(gateway, "cat /etc/nginx/conf.d/vllm-fleet.conf"), re.M)
     for batch in range(requests_n // 10):
         proc, path = capture_start(gateway)
         out = sh("cluster-node1", f"python3 /tmp/stream_client.py https://{VIP}/v1/completions /tmp/lab-ca.crt 10 64",
@@ -197,8 +200,8 @@ def overhead(requests_n: int) -> tuple[dict[str, dict], dict[str, list[float]]]:
         for key, values in wire.residence(wire.parse(capture_stop(proc, path)), VIP).items():
             inside[key] += values
         samples[via] += [json.loads(line) for line in out.splitlines()]
-        node = list(NODES)[batch % len(NODES)]
-        out = sh("cluster-node1", f"python3 /tmp/stream_client.py http://{NODES[node]}:8000/v1/completions "
+        backend = backends[batch % len(backends)]
+        out = sh("cluster-node1", f"python3 /tmp/stream_client.py http://{backend}/v1/completions "
                                   "/tmp/lab-ca.crt 10 64", stdin=secret("vllm_api_key") + "\n")
         samples[direct] += [json.loads(line) for line in out.splitlines()]
     result = {}
@@ -251,8 +254,10 @@ def main() -> int:
     print("| inside the gateway (tcpdump on the VIP holder) | n | median ms | p99 ms | max ms |")
     print("|---|---|---|---|---|")
     labels = {"request_ms": "request: last client segment -> sent upstream",
-              "first_ms": "first response segment: upstream -> client",
-              "chunk_ms": "every response segment: upstream -> client"}
+              "first_ms": "first token segment: upstream -> client",
+              "chunk_ms": "every response segment: upstream -> client",
+              "backend_ms": "(vLLM: request sent upstream -> first token back)",
+              "upstream_chunk_ms": "(vLLM: mean time per segment, per stream)"}
     for key, label in labels.items():
         if inside.get(key):
             row = wire.summary(inside[key])

@@ -7,8 +7,12 @@ The capture isolates nginx: every segment's arrival and departure on both of
 its legs, stamped by the same kernel clock.
 
     request_ms   last client segment of the request -> nginx sends it upstream
-    first_ms     first upstream byte of the response -> nginx sends it on
+    first_ms     first data segment of the response  -> nginx sends it on
+                 (vLLM sends the response head first, on its own)
     chunk_ms     each upstream data segment          -> next segment to the client
+    backend_ms   request sent upstream               -> first data segment back
+    upstream_chunk_ms  the backend's own time per segment on each stream
+                 (the backend's share, for comparison with a direct client)
 
 Input is `tcpdump -nn -tt -r FILE` text (any interface, Linux cooked v2).
 Requests are sequential (one stream at a time), which makes the pairing of a
@@ -52,7 +56,8 @@ def residence(segments: list[Segment], vip: str, tls_port: int = 443, upstream_p
     one whose last segment to the VIP came just before it."""
     front = (vip, tls_port)
     upstream = [s for s in segments if s.dst[1] == upstream_port and s.length >= min_request]
-    result: dict[str, list[float]] = {"request_ms": [], "first_ms": [], "chunk_ms": []}
+    result: dict[str, list[float]] = {"request_ms": [], "first_ms": [], "chunk_ms": [], "backend_ms": [],
+                                      "upstream_chunk_ms": []}
     for i, req in enumerate(upstream):
         end = upstream[i + 1].t if i + 1 < len(upstream) else float("inf")
         inbound = [s for s in segments if s.dst == front and s.t <= req.t]
@@ -62,13 +67,17 @@ def residence(segments: list[Segment], vip: str, tls_port: int = 443, upstream_p
         result["request_ms"].append((req.t - inbound[-1].t) * 1000)
         replies = [s for s in segments if s.src == req.dst and s.dst == req.src and req.t < s.t < end]
         outbound = [s for s in segments if s.src == front and s.dst == client and s.t >= req.t]
+        # vLLM sends the response head on its own, then one segment per chunk.
+        if len(replies) > 2:
+            result["backend_ms"].append((replies[1].t - req.t) * 1000)
+            result["upstream_chunk_ms"].append((replies[-1].t - replies[1].t) / (len(replies) - 2) * 1000)
         for n, reply in enumerate(replies):
             sent = next((s.t for s in outbound if s.t >= reply.t), None)
             if sent is None:
                 continue
             delay = (sent - reply.t) * 1000
             result["chunk_ms"].append(delay)
-            if n == 0:
+            if n == 1:
                 result["first_ms"].append(delay)
     return result
 

@@ -52,16 +52,21 @@ def test_parse_keeps_data_segments_in_time_order():
 def test_residence_pairs_requests_and_measures_forwarding():
     result = wire.residence(wire.parse(capture(0.001)), VIP)
     assert result["request_ms"] == pytest.approx([2.0, 0.5])
-    assert result["first_ms"] == pytest.approx([1.0, 1.0], abs=0.01)
+    assert result["first_ms"] == pytest.approx([1.0, 1.0], abs=0.01)  # the first token segments
     # 5 replies on the first stream, 2 on the second; the health check is not one.
     assert len(result["chunk_ms"]) == 7
     assert max(result["chunk_ms"]) == pytest.approx(1.0, abs=0.01)
+    # The first stream's first token came 28 ms after nginx sent the request
+    # on (its head at 8 ms), then one segment every 20 ms; the second stream has
+    # too few segments to tell a head from tokens.
+    assert result["backend_ms"] == pytest.approx([28.0], abs=0.01)
+    assert result["upstream_chunk_ms"] == pytest.approx([20.0], abs=0.01)
 
 
 def test_a_buffering_proxy_shows_up():
     result = wire.residence(wire.parse(capture(0.001, burst=True)), VIP)
-    # The first reply waited until the last one arrived (4 x 20 ms later).
-    assert result["first_ms"][0] == pytest.approx(81.0, abs=0.1)
+    # The first token waited until the last one arrived (3 x 20 ms later).
+    assert result["first_ms"][0] == pytest.approx(61.0, abs=0.1)
     assert wire.summary(result["chunk_ms"])["max"] > 80
 
 
