@@ -19,6 +19,10 @@ _VLLM_DEFAULTS = pathlib.Path(__file__).resolve().parents[1] / "roles" / "vllm" 
 # Characters that can never break nginx's quoting of a map key or a header.
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9._~+/=-]{32,256}$")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+SIZE_PATTERN = re.compile(r"^[0-9]+[kKmMgG]?$")
+# Every setting a client entry may carry (anything else is a typo).
+CLIENT_FIELDS = frozenset({"name", "key", "rate", "burst", "max_streams", "max_body_size",
+                           "max_tokens", "token_quota_per_minute", "token_quota_per_day"})
 
 
 @lru_cache(maxsize=1)
@@ -49,19 +53,75 @@ def backends(hosts: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return found
 
 
+def size_bytes(size: str | int) -> int:
+    """nginx size syntax to bytes: '1m' -> 1048576, '512k' -> 524288, '100' -> 100."""
+    match = re.fullmatch(r"([0-9]+)([kKmMgG]?)", str(size).strip())
+    if not match:
+        raise ValueError(f"not an nginx size: {size!r}")
+    return int(match.group(1)) * {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}[match.group(2).lower()]
+
+
+# Per-client settings that fall back to a role-wide default, and their type.
+CLIENT_OPTIONAL = ("max_tokens", "token_quota_per_minute", "token_quota_per_day")
+
+
 def clients(api_clients: Iterable[Mapping[str, Any]], rate: float, burst: int,
-            max_streams: int) -> list[dict[str, Any]]:
-    """Fill each client's limits from the role-wide defaults."""
-    return [
-        {
+            max_streams: int, max_body_size: str = "1m",
+            defaults: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Fill each client's limits from the role-wide defaults.
+
+    ``defaults`` holds the role-wide ``max_tokens``/``token_quota_per_minute``/
+    ``token_quota_per_day`` (None = no limit); a client's own value wins.
+    """
+    defaults = defaults or {}
+    filled = []
+    for c in api_clients:
+        entry = {
             "name": c["name"],
             "key": c["key"],
             "rate": c.get("rate", rate),
             "burst": int(c.get("burst", burst)),
             "max_streams": int(c.get("max_streams", max_streams)),
+            "max_body_size": str(c.get("max_body_size") or max_body_size),
         }
-        for c in api_clients
-    ]
+        for field in CLIENT_OPTIONAL:
+            value = c.get(field, defaults.get(field))
+            entry[field] = None if value is None else int(value)
+        filled.append(entry)
+    return filled
+
+
+# How the gateway's Lua treats a proxied endpoint: the generation endpoints get
+# request caps and usage for streams; every endpoint's usage is counted.
+ENDPOINT_KINDS = {"/v1/completions": "completions", "/v1/chat/completions": "chat", "/v1/responses": "responses"}
+
+
+def endpoint_kind(path: str) -> str:
+    return ENDPOINT_KINDS.get(path, "other")
+
+
+def largest_body(filled: Iterable[Mapping[str, Any]], default: str) -> str:
+    """nginx's client_max_body_size: the largest any client may send."""
+    return max([str(default)] + [str(c["max_body_size"]) for c in filled], key=size_bytes)
+
+
+def lua_config(filled: Iterable[Mapping[str, Any]], max_n: int, accounting: bool) -> dict[str, Any]:
+    """What the gateway's Lua reads at (re)load: exact keys, per-client caps and quotas."""
+    filled = list(filled)
+    return {
+        "accounting": bool(accounting),
+        "max_n": int(max_n),
+        "keys": {c["key"]: c["name"] for c in filled},
+        "clients": {
+            c["name"]: {k: v for k, v in (
+                ("max_body", size_bytes(c["max_body_size"])),
+                ("max_tokens", c.get("max_tokens")),
+                ("quota_minute", c.get("token_quota_per_minute")),
+                ("quota_day", c.get("token_quota_per_day")),
+            ) if v is not None}
+            for c in filled
+        },
+    }
 
 
 def limit_zones(filled: Iterable[Mapping[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -110,9 +170,24 @@ def client_problems(api_clients: Iterable[Mapping[str, Any]]) -> list[str]:
             problems.append(f"{where}.key=<hidden> (client {name!r}): same key as client "
                             f"{seen_keys[key]!r}; every client needs its own key")
         seen_keys.setdefault(key, name)
-        for field, low in (("rate", 0), ("burst", -1), ("max_streams", 0)):
-            if field in c and not float(c[field]) > low:
-                problems.append(f"{where}.{field}={c[field]} (client {name!r}): must be > {low}")
+        for field in sorted(set(c) - CLIENT_FIELDS):
+            problems.append(f"{where}.{field} (client {name!r}): not a client setting; "
+                            f"allowed: {', '.join(sorted(CLIENT_FIELDS))}")
+        for field, low in (("rate", 0), ("burst", -1), ("max_streams", 0)) + tuple((f, 0) for f in CLIENT_OPTIONAL):
+            if field not in c or (c[field] is None and field in CLIENT_OPTIONAL):
+                continue
+            value = c[field]
+            whole = field != "rate"
+            try:
+                ok = not isinstance(value, bool) and float(value) > low and (not whole or float(value).is_integer())
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                problems.append(f"{where}.{field}={value!r} (client {name!r}): must be "
+                                f"{'a whole number' if whole else 'a number'} > {low}")
+        if "max_body_size" in c and not SIZE_PATTERN.match(str(c["max_body_size"])):
+            problems.append(f"{where}.max_body_size={c['max_body_size']!r} (client {name!r}): "
+                            "an nginx size like 512k or 4m")
     return problems
 
 

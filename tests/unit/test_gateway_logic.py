@@ -1,5 +1,8 @@
-from vllm_fleet.gateway import (backends, client_problems, clients, in_subnet, interface_of, limit_zones,
-                                rate_spec, vip_owners, vrid_clashes, vrrp_priorities)
+import pytest
+
+from vllm_fleet.gateway import (backends, client_problems, clients, endpoint_kind, in_subnet, interface_of,
+                                largest_body, limit_zones, lua_config, rate_spec, size_bytes, vip_owners,
+                                vrid_clashes, vrrp_priorities)
 
 KEY_A = "a" * 40
 KEY_B = "b" * 40
@@ -17,7 +20,9 @@ def test_backends_follow_inventory_order_and_the_vllm_role_defaults():
 
 def test_clients_inherit_role_wide_limits_and_zones_group_equal_limits():
     filled = clients([{"name": "a", "key": KEY_A}, {"name": "b", "key": KEY_B, "rate": 1, "burst": 2}], 10, 20, 16)
-    assert filled[0] == {"name": "a", "key": KEY_A, "rate": 10, "burst": 20, "max_streams": 16}
+    assert filled[0] == {"name": "a", "key": KEY_A, "rate": 10, "burst": 20, "max_streams": 16,
+                         "max_body_size": "1m", "max_tokens": None, "token_quota_per_minute": None,
+                         "token_quota_per_day": None}
     zones = limit_zones(filled)
     assert sorted(z["clients"] for z in zones["req"]) == [["a"], ["b"]]
     assert zones["conn"] == [{"id": 0, "max": 16, "clients": ["a", "b"]}]
@@ -47,6 +52,61 @@ def test_client_problems_name_the_client_and_never_the_key():
     assert "gateway_api_clients[6].rate=0" in text
     assert KEY_A not in text and "tooshort" not in text
     assert client_problems([{"name": "a", "key": KEY_A}, {"name": "b", "key": KEY_B}]) == []
+
+
+def test_keys_differing_only_in_case_are_distinct_clients():
+    """The gateway matches keys exactly, so the duplicate check must too."""
+    upper = KEY_A.upper()
+    assert client_problems([{"name": "a", "key": KEY_A}, {"name": "b", "key": upper}]) == []
+    assert lua_config(clients([{"name": "a", "key": KEY_A}, {"name": "b", "key": upper}], 1, 1, 1), 16, True)[
+        "keys"] == {KEY_A: "a", upper: "b"}
+
+
+def test_client_problems_refuse_typos_and_bad_limits():
+    problems = "\n".join(client_problems([
+        {"name": "a", "key": KEY_A, "max_stream": 2},
+        {"name": "b", "key": KEY_B, "max_tokens": 0, "token_quota_per_day": 1.5, "max_body_size": "2 MB"},
+        {"name": "c", "key": "c" * 40, "rate": "fast", "burst": True, "token_quota_per_minute": None},
+        {"name": "d e", "key": "d" * 40},
+        {"name": 'x"y', "key": "e" * 40},
+    ]))
+    assert "gateway_api_clients[0].max_stream (client 'a'): not a client setting" in problems
+    assert "max_streams" in problems.split("allowed: ")[1]
+    assert "gateway_api_clients[1].max_tokens=0 (client 'b'): must be a whole number > 0" in problems
+    assert "gateway_api_clients[1].token_quota_per_day=1.5" in problems
+    assert "gateway_api_clients[1].max_body_size='2 MB'" in problems
+    assert "gateway_api_clients[2].rate='fast'" in problems and "gateway_api_clients[2].burst=True" in problems
+    assert "token_quota_per_minute=" not in problems  # null means none
+    assert "gateway_api_clients[3].name='d e'" in problems and "gateway_api_clients[4].name='x\"y'" in problems
+
+
+def test_sizes_and_the_largest_body():
+    assert size_bytes("1m") == 1048576 and size_bytes("512k") == 524288 and size_bytes(100) == 100
+    assert size_bytes("2G") == 2 * 1024 ** 3
+    with pytest.raises(ValueError):
+        size_bytes("1 MB")
+    filled = clients([{"name": "a", "key": KEY_A}, {"name": "b", "key": KEY_B, "max_body_size": "4m"}], 1, 1, 1, "1m")
+    assert largest_body(filled, "1m") == "4m"
+    assert largest_body(filled[:1], "1m") == "1m"
+
+
+def test_lua_config_carries_caps_and_quotas_with_role_defaults():
+    filled = clients([{"name": "a", "key": KEY_A, "max_tokens": 64},
+                      {"name": "b", "key": KEY_B, "token_quota_per_minute": None}], 1, 1, 1, "1m",
+                     {"max_tokens": None, "token_quota_per_minute": 1000, "token_quota_per_day": 50000})
+    config = lua_config(filled, 8, True)
+    assert config["accounting"] is True and config["max_n"] == 8
+    assert config["clients"]["a"] == {"max_body": 1048576, "max_tokens": 64, "quota_minute": 1000,
+                                      "quota_day": 50000}
+    # A client's own null removes the role-wide quota.
+    assert config["clients"]["b"] == {"max_body": 1048576, "quota_day": 50000}
+
+
+def test_endpoint_kinds():
+    assert endpoint_kind("/v1/completions") == "completions"
+    assert endpoint_kind("/v1/chat/completions") == "chat"
+    assert endpoint_kind("/v1/responses") == "responses"
+    assert endpoint_kind("/v1/embeddings") == "other"
 
 
 def test_in_subnet_and_interface_of():

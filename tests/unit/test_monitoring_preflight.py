@@ -59,6 +59,8 @@ BAD = {
                    ["monitoring_alert_rate_window=30s", "at least four scrape intervals"]),
     "bad-ratio": ({"monitoring_alert_kv_cache_usage_threshold": 95},
                   ["monitoring_alert_kv_cache_usage_threshold=95", "a fraction in (0, 1]"]),
+    "bad-quota-ratio": ({"monitoring_alert_token_quota_ratio": 1.5},
+                        ["monitoring_alert_token_quota_ratio=1.5", "a fraction in (0, 1]"]),
     "bad-route": ({"monitoring_alertmanager_receivers": [{"name": "oncall"}],
                    "monitoring_alertmanager_route": {"receiver": "nobody"}},
                   ["monitoring_alertmanager_route.receiver=nobody", "must be one of them"]),

@@ -237,6 +237,8 @@ def test_targets_come_from_the_inventory(rendered):
         ["10.0.0.11:9100"], ["10.0.0.12:9100"], ["10.0.0.21:9100"], ["10.0.0.5:9100"]]
     assert _sd(rendered, "nginx") == [{"targets": ["10.0.0.21:9113"], "labels": {"node": "gw1"}}]
     assert _sd(rendered, "mtail") == [{"targets": ["10.0.0.21:3903"], "labels": {"node": "gw1"}}]
+    # The gateway's own /metrics, on the gateway role's metrics listener (its default port).
+    assert _sd(rendered, "gateway") == [{"targets": ["10.0.0.21:8081"], "labels": {"node": "gw1"}}]
     assert _sd(rendered, "dcgm") == [{"targets": ["10.0.0.11:9400"], "labels": {"node": "gpu1"}}]
 
 
@@ -249,6 +251,19 @@ def test_adding_a_node_to_the_inventory_adds_its_targets(tmp_path):
     assert vllm["10.0.0.13:8000"] == "gpu3"
     assert len(vllm) == 4
     assert ["10.0.0.13:9100"] in [g["targets"] for g in _sd(out, "node")]
+
+
+def test_gateway_metrics_target_follows_the_gateway_role(tmp_path):
+    """gateway_metrics_port from the inventory, and the address nginx's metrics
+    listener binds (the default IPv4 address), not monitoring_address."""
+    moved = json.loads(json.dumps(INVENTORY))
+    moved["all"]["children"]["vllm_gateways"]["hosts"]["gw1"].update(
+        {"gateway_metrics_port": 8082, "monitoring_address": "192.168.50.21"})
+    out = render(tmp_path, moved, {"monitoring_mode": "files"})
+    assert _sd(out, "gateway") == [{"targets": ["10.0.0.21:8082"], "labels": {"node": "gw1"}}]
+    assert _sd(out, "nginx") == [{"targets": ["192.168.50.21:9113"], "labels": {"node": "gw1"}}]
+    scrape = yaml.safe_load((out / "vllm-fleet.scrape.yml").read_text())
+    assert [j["job_name"] for j in scrape["scrape_configs"]] == ["vllm", "node", "nginx", "mtail", "gateway", "dcgm"]
 
 
 def test_a_fleet_without_gateways_or_gpus_gets_no_such_jobs(tmp_path):
@@ -268,7 +283,7 @@ def test_a_fleet_without_gateways_or_gpus_gets_no_such_jobs(tmp_path):
 def test_prometheus_config_passes_promtool_check_config(rendered):
     config = yaml.safe_load((rendered / "prometheus.yml").read_text())
     assert [j["job_name"] for j in config["scrape_configs"]] == [
-        "prometheus", "vllm", "node", "nginx", "mtail", "dcgm", "blackbox-tls"]
+        "prometheus", "vllm", "node", "nginx", "mtail", "gateway", "dcgm", "blackbox-tls"]
     assert config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["127.0.0.1:9093"]
     result = promtool("check", "config", str(rendered / "prometheus.yml"), cwd=rendered)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -331,7 +346,8 @@ def test_dashboard_covers_the_issue_s_panels():
                    "vllm:e2e_request_latency_seconds_bucket", "vllm:prompt_tokens_total",
                    "vllm:generation_tokens_total", "vllm:num_preemptions_total", "DCGM_FI_DEV_GPU_UTIL",
                    "DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_GPU_TEMP", "nginx_http_requests_total",
-                   'status_class="5xx"', "vllm_fleet_vrrp_master"):
+                   'status_class="5xx"', "vllm_fleet_vrrp_master", "vllm_fleet_gateway_tokens_total",
+                   "vllm_fleet_gateway_token_quota_used_tokens"):
         assert metric in exprs, metric
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids))

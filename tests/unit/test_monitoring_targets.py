@@ -22,7 +22,8 @@ FLEET = [
           instances=[{"name": "a", "port": 8000}, {"name": "b", "port": 8001}], dcgm=True, dcgm_port=9400),
     entry("gpu-node-01", "10.0.10.11", vllm=True, vllm_address="10.0.10.11", model="llama",
           instances=[{"name": "default", "port": 8000}], dcgm=False, dcgm_port=9400),
-    entry("gw-01", "10.0.20.1", gateway=True, nginx_port=9113, mtail_port=3903),
+    entry("gw-01", "10.0.20.1", gateway=True, nginx_port=9113, mtail_port=3903,
+          gateway_address="10.0.20.1", gateway_metrics_port=8081),
     entry("mon-01", "10.0.30.1"),
 ]
 
@@ -83,6 +84,16 @@ def test_exporter_targets_per_role_of_the_host():
         "gpu-node-01", "gpu-node-02", "gw-01", "mon-01"]
     assert mon.host_targets(FLEET, "nginx_port", "gateway") == [{"targets": ["10.0.20.1:9113"], "labels": {"node": "gw-01"}}]
     assert mon.host_targets(FLEET, "dcgm_port", "dcgm") == [{"targets": ["10.0.10.12:9400"], "labels": {"node": "gpu-node-02"}}]
+
+
+def test_gateway_metrics_target_is_the_address_nginx_listens_on():
+    """nginx's metrics listener binds the gateway's default IPv4 address, not the
+    monitoring_address its exporters use."""
+    assert mon.host_targets(FLEET, "gateway_metrics_port", "gateway", "gateway_address") == [
+        {"targets": ["10.0.20.1:8081"], "labels": {"node": "gw-01"}}]
+    split = [entry("gw-02", "192.168.5.2", gateway=True, gateway_address="10.0.20.2", gateway_metrics_port=8082)]
+    assert mon.host_targets(split, "gateway_metrics_port", "gateway", "gateway_address") == [
+        {"targets": ["10.0.20.2:8082"], "labels": {"node": "gw-02"}}]
 
 
 def test_a_bad_label_name_is_refused():

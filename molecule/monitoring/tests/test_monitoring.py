@@ -60,7 +60,7 @@ SOURCES = [
     (r"^DCGM_", "dcgm"),
 ]
 UP_JOBS = {"vllm": "vllm", "node": "node_exporter", "prometheus": "prometheus", "nginx": "gateway",
-           "mtail": "gateway", "dcgm": "dcgm", "blackbox-tls": "blackbox"}
+           "mtail": "gateway", "gateway": "gateway", "dcgm": "dcgm", "blackbox-tls": "blackbox"}
 
 # Sources that write no series in this scenario, and why.
 NOT_DEPLOYED = {
@@ -240,7 +240,7 @@ def test_deployed_config_and_rules_pass_promtool(host):
 def test_targets_from_the_inventory_are_up(host):
     targets = curl_json(host, f"{PROM}/api/v1/targets", "state=active")["data"]["activeTargets"]
     by_job = {t["labels"]["job"]: t for t in targets}
-    assert set(by_job) == {"prometheus", "vllm", "node", "nginx", "mtail", "blackbox-tls"}, by_job.keys()
+    assert set(by_job) == {"prometheus", "vllm", "node", "nginx", "mtail", "gateway", "blackbox-tls"}, by_job.keys()
     assert by_job["vllm"]["labels"].items() >= {"node": "monitoring-node1", "instance_name": "default",
                                                 "model": MODEL}.items()
     assert by_job["vllm"]["scrapeUrl"] == f"{VLLM}/metrics"
@@ -329,7 +329,7 @@ def test_a_backup_and_a_repository_check_write_their_metrics(host):
 def test_every_alert_expression_parses_and_finds_its_metrics(host):
     groups = curl_json(host, f"{PROM}/api/v1/rules", "type=alert")["data"]["groups"]
     alerts = [r for g in groups for r in g["rules"]]
-    assert len(alerts) == 22, [a["name"] for a in alerts]
+    assert len(alerts) == 24, [a["name"] for a in alerts]
     results = {a["name"]: check(host, a["query"], whole_must_return=False) for a in alerts}
     FIGURES_DATA["alerts"] = results
     not_deployed = {n for n, r in results.items() if r["not_deployed"]}

@@ -119,11 +119,11 @@ def vllm_target_conflicts(entries: Iterable[Mapping[str, Any]]) -> list[str]:
 
 
 def host_targets(entries: Iterable[Mapping[str, Any]], port_key: str = "port",
-                 only: str | None = None) -> list[dict[str, Any]]:
-    """file_sd groups of one exporter per host: ``{node, address, <port_key>}``;
+                 only: str | None = None, address_key: str = "address") -> list[dict[str, Any]]:
+    """file_sd groups of one exporter per host: ``{node, <address_key>, <port_key>}``;
     with ``only``, just the hosts whose entry has that key true."""
     return [
-        {"targets": [hostport(h["address"], h[port_key])], "labels": _labels({"node": h["node"]})}
+        {"targets": [hostport(h[address_key], h[port_key])], "labels": _labels({"node": h["node"]})}
         for h in sorted(entries, key=lambda h: str(h["node"]))
         if only is None or h.get(only)
     ]
