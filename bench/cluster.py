@@ -13,9 +13,15 @@ polls that got no answer at all within their 1 s are counted apart: requests
 stranded on the old holder.  Faults, each repeated --runs times on
 whichever node holds the VIP, and undone before the next run:
   - node freeze (`docker pause`: nginx, keepalived and vLLM stop at once) - hard
-  - vLLM killed with SIGKILL                                                - hard
+  - vLLM killed with SIGKILL (the VIP stays: the holder's nginx forwards
+    to the other node's vLLM; the holder's priority drops)                 - hard
   - keepalived killed with SIGKILL                                          - hard
   - keepalived stopped (SIGTERM, as `systemctl stop`; priority-0 advert)   - graceful
+  - nginx master killed with SIGKILL (systemd restarts it; the VIP moves
+    if keepalived's check fails twice first)                                - hard
+  - double fault: vLLM killed with SIGKILL on the other node, then 2 s
+    later the holder's nginx master (the other node, its own vLLM down,
+    must still take the VIP: its nginx reaches the holder's vLLM)          - hard
 
 Proxy overhead: from inside cluster-node1, --requests streamed 64-token
 completions in batches of 10, alternately through the VIP (TLS, nginx,
@@ -175,15 +181,53 @@ def docker_pause(node: str) -> None:
     sys.exit(f"docker pause {node} kept failing")
 
 
-def failover(runs: int, only: str | None = None) -> dict[str, list[tuple[float, int, int, int]]]:
-    gaps: dict[str, list[tuple[float, int, int, int]]] = {}
-    cases = {
+def other(node: str) -> str:
+    return next(n for n in NODES if n != node)
+
+
+def kill_vllm(node: str) -> None:
+    sh(node, "systemctl kill --signal=SIGKILL vllm@default")
+
+
+def start_vllm(node: str) -> None:
+    sh(node, "systemctl reset-failed vllm@default; systemctl start vllm@default")
+    wait_ready(node)
+
+
+def kill_nginx(node: str) -> None:
+    """SIGKILL to the nginx master only, as a crash would; systemd then ends its
+    workers and restarts the unit (Restart=on-failure)."""
+    sh(node, 'pid=$(systemctl show --property MainPID --value nginx); [ "$pid" != 0 ] && kill -9 "$pid"')
+
+
+def start_nginx(node: str) -> None:
+    """nginx restarts by itself; this only covers one that ran into its start limit."""
+    sh(node, "systemctl reset-failed nginx; systemctl start nginx")
+
+
+DOUBLE_FAULT_DELAY = 2.0
+
+
+def double_fault(node: str) -> None:
+    """vLLM SIGKILL on the node that does not hold the VIP and, while it
+    restarts, nginx SIGKILL on the holder (`node`)."""
+    kill_vllm(other(node))
+    time.sleep(DOUBLE_FAULT_DELAY)
+    kill_nginx(node)
+
+
+def undo_double_fault(node: str) -> None:
+    start_nginx(node)
+    start_vllm(other(node))
+
+
+def fault_cases() -> dict:
+    """name -> (fault, undo), each called with the node holding the VIP."""
+    return {
         "node freeze (docker pause)": (docker_pause,
                                        lambda n: subprocess.run(["docker", "unpause", n], check=True,
                                                                 stdout=subprocess.DEVNULL)),
-        "vLLM SIGKILL": (lambda n: sh(n, "systemctl kill --signal=SIGKILL vllm@default"),
-                         lambda n: (sh(n, "systemctl reset-failed vllm@default; systemctl start vllm@default"),
-                                    wait_ready(n))),
+        "vLLM SIGKILL": (kill_vllm, start_vllm),
         "keepalived SIGKILL": (lambda n: sh(n, "systemctl kill --signal=SIGKILL keepalived"),
                                lambda n: sh(n, "systemctl start keepalived")),
         # SIGTERM is what `systemctl stop` sends; sent directly because the stop
@@ -191,8 +235,15 @@ def failover(runs: int, only: str | None = None) -> dict[str, list[tuple[float, 
         # which nothing had failed yet.
         "keepalived stop (graceful)": (lambda n: sh(n, "systemctl kill --signal=SIGTERM keepalived"),
                                        lambda n: sh(n, "systemctl start keepalived")),
+        "nginx master SIGKILL": (kill_nginx, start_nginx),
+        f"double fault (vLLM SIGKILL on the other node, nginx SIGKILL on the holder {DOUBLE_FAULT_DELAY:.0f} s later)":
+            (double_fault, undo_double_fault),
     }
-    for name, (fault, undo) in cases.items():
+
+
+def failover(runs: int, only: str | None = None) -> dict[str, list[tuple[float, int, int, int]]]:
+    gaps: dict[str, list[tuple[float, int, int, int]]] = {}
+    for name, (fault, undo) in fault_cases().items():
         if only and only not in name:
             continue
         for i in range(runs):

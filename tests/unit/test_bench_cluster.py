@@ -70,3 +70,52 @@ def test_a_rate_limited_poller_is_refused():
 def test_no_recovery_within_the_window_is_refused():
     with pytest.raises(SystemExit, match="no successful answer"):
         cluster.gap(polls(stranded(5, 59)), T0, 3.0)
+
+
+@pytest.fixture()
+def commands(monkeypatch):
+    """The commands the fault cases would run on the nodes, in order (no Docker)."""
+    ran = []
+    monkeypatch.setattr(cluster, "sh", lambda node, cmd, stdin=None: ran.append((node, cmd)) or "")
+    monkeypatch.setattr(cluster, "wait_ready", lambda node: ran.append((node, "wait_ready")))
+    monkeypatch.setattr(cluster.time, "sleep", lambda seconds: ran.append(("sleep", seconds)))
+    return ran
+
+
+def case(fragment):
+    (name,) = [name for name in cluster.fault_cases() if fragment in name]
+    return cluster.fault_cases()[name]
+
+
+def test_nginx_kill_sends_sigkill_to_the_master_of_the_holder_only(commands):
+    fault, undo = case("nginx master SIGKILL")
+    fault("cluster-node1")
+    assert len(commands) == 1
+    node, cmd = commands[0]
+    assert node == "cluster-node1"
+    assert "MainPID" in cmd and "nginx" in cmd and "kill -9" in cmd
+    # Never `kill -9 0` (the whole process group) when nginx is down.
+    assert '[ "$pid" != 0 ]' in cmd
+    undo("cluster-node1")
+    assert commands[-1] == ("cluster-node1", "systemctl reset-failed nginx; systemctl start nginx")
+
+
+def test_double_fault_kills_the_other_nodes_vllm_then_the_holders_nginx(commands):
+    fault, undo = case("double fault")
+    fault("cluster-node1")
+    assert [c[0] for c in commands] == ["cluster-node2", "sleep", "cluster-node1"]
+    assert commands[0][1] == "systemctl kill --signal=SIGKILL vllm@default"
+    assert commands[1] == ("sleep", cluster.DOUBLE_FAULT_DELAY)
+    assert "kill -9" in commands[2][1] and "nginx" in commands[2][1]
+    commands.clear()
+    undo("cluster-node1")
+    # nginx back on the holder, then the other node's vLLM, ready again.
+    assert commands == [("cluster-node1", "systemctl reset-failed nginx; systemctl start nginx"),
+                        ("cluster-node2", "systemctl reset-failed vllm@default; systemctl start vllm@default"),
+                        ("cluster-node2", "wait_ready")]
+
+
+def test_each_new_case_can_be_run_alone_with_only():
+    names = list(cluster.fault_cases())
+    for fragment in ("nginx master", "double fault"):
+        assert len([n for n in names if fragment in n]) == 1, fragment
