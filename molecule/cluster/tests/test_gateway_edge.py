@@ -6,6 +6,8 @@ Requests go through the VIP from this machine, as an outside client's would.
 import concurrent.futures
 import json
 import re
+import socket
+import ssl
 import subprocess
 import time
 
@@ -13,7 +15,7 @@ import openai
 import pytest
 import requests
 
-from conftest import BASE, MODEL, NODES, completion, secret, sh, vip_holders
+from conftest import BASE, MODEL, NODES, VIP, completion, secret, sh, vip_holders
 
 
 def tokens(node: str) -> dict[tuple[str, str, str], int]:
@@ -107,6 +109,21 @@ def test_oversized_header_over_http2_gets_a_json_431(ca):
     body, status = proc.stdout.rsplit("\n", 1)
     assert status == "2 431", proc.stdout[-300:]
     assert json.loads(body)["error"]["code"] == "request_header_too_large"
+
+
+def test_a_client_that_stalls_its_headers_is_cut_off(ca):
+    """Slowloris: half a request, then silence; nginx closes after client_header_timeout (10 s)."""
+    ctx = ssl.create_default_context(cafile=ca)
+    with socket.create_connection((VIP, 443), timeout=30) as raw:
+        with ctx.wrap_socket(raw, server_hostname=VIP) as tls:
+            tls.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: vllm\r\nX-Slow: 1\r\n")
+            start = time.monotonic()
+            try:
+                data = tls.recv(1024)
+            except (ConnectionResetError, ssl.SSLError):
+                data = b""
+            waited = time.monotonic() - start
+    assert data == b"" and 9 <= waited <= 20, (data[:80], waited)
 
 
 def test_oversized_body_gets_a_json_413(api, alice):
