@@ -15,6 +15,9 @@ import openai
 import pytest
 import requests
 
+from tests.helpers.rawhttp import raw_request
+from vllm_fleet import vllm_routes
+
 from conftest import BASE, MODEL, NODES, VIP, completion, secret, sh, vip_holders
 
 
@@ -284,3 +287,54 @@ def test_a_token_quota_answers_429_with_retry_after(api):
     assert re.search(r'^vllm_fleet_gateway_token_quota_rejected_total\{client="lab-carol",window="day"\} [1-9]', text, re.M)
     # Other clients are not affected.
     assert completion(api, {"Authorization": f"Bearer {secret('client-lab-alice')}"}, max_tokens=1).status_code == 200
+
+
+# --- exact paths: the raw-path matrix --------------------------------------------
+
+
+def test_no_raw_path_reaches_a_route_outside_the_allowlist(ca):
+    """Every route and mount of the pinned vLLM's own app (vllm_fleet/data), spelt the
+    ways a client that does not normalise paths can spell it (dot segments, encoded
+    slashes and dots, //, ;, case, reached from under an allowlisted path and the
+    reverse), sent byte for byte.  The gateway must refuse each one, or answer exactly
+    what the allowlisted path it normalises to answers: never another route's content,
+    and never vLLM's own 401 (which would mean the request got past the allowlist)."""
+    table = vllm_routes.load_table()
+    routes = vllm_routes.routes_of(table)
+    # The gateway also serves /health itself (unauthenticated, exactly that path).
+    allowlist = vllm_routes.default_allowlist("generate") + ["/health"]
+    cases = vllm_routes.negative_cases(allowlist, routes) + vllm_routes.mangled_cases(allowlist, routes)
+    assert len(cases) > 1000 and any(c["dangerous"] for c in cases)
+
+    def get(target):
+        # lab-load's rate limit (200/s) leaves room for the matrix; alice's would not.
+        return raw_request(VIP, 443, "GET", target, headers={"Authorization": f"Bearer {secret('client-lab-load')}"},
+                           tls_ca=ca, server_hostname=VIP)
+
+    def answer(reply):
+        try:
+            data = json.loads(reply.body)
+        except ValueError:
+            return reply.status, reply.body
+        if isinstance(data, dict) and isinstance(data.get("data"), list):  # /v1/models: ids, not timestamps
+            return reply.status, sorted(m["id"] for m in data["data"])
+        return reply.status, data
+
+    baseline = {path: answer(get(path)) for path in allowlist}
+    assert baseline["/v1/models"] == (200, [MODEL])
+    wrong = []
+    interval = 1 / 60  # stay under the per-address limit (100/s)
+    for case in cases:
+        start = time.monotonic()
+        reply = get(case["target"])
+        refused = reply.status in vllm_routes.REFUSED
+        allowlisted = case.get("may_reach") and answer(reply) == baseline[case["may_reach"]]
+        if not (refused or allowlisted):
+            wrong.append((case["target"], case.get("must_not_reach"), reply.status, reply.body[:120]))
+        time.sleep(max(0.0, interval - (time.monotonic() - start)))
+    assert not wrong, f"{len(wrong)} of {len(cases)} raw targets got through: {wrong[:10]}"
+    # The access log shows what the client sent beside what nginx matched.
+    holder = vip_holders()[0]
+    log = sh(holder, "grep -F '/metrics/../v1/models' /var/log/nginx/vllm-access.json | tail -1").stdout
+    entry = json.loads(log)
+    assert entry["request_uri"] == "/metrics/../v1/models" and entry["uri"] == "/v1/models"

@@ -1,0 +1,1 @@
+"""Test helpers importable as ``tests.helpers`` (the repository root is on pytest's ``pythonpath``)."""
