@@ -14,6 +14,9 @@ from typing import Any
 
 import yaml
 
+from vllm_fleet import vllm_routes
+from vllm_fleet.engine_config import instance_config
+
 _VLLM_DEFAULTS = pathlib.Path(__file__).resolve().parents[1] / "roles" / "vllm" / "defaults" / "main.yml"
 
 # Characters that can never break nginx's quoting of a map key or a header.
@@ -51,6 +54,76 @@ def backends(hosts: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
                 else f"{address}:{instance['port']}",
             })
     return found
+
+
+def served_tasks(hosts: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The task of every vLLM instance of the given hosts (their hostvars), sorted.
+
+    Read from each instance's engine arguments as the vllm role merges them
+    (``vllm_extra_args``, then the instance's ``args``): ``runner``,
+    ``convert`` and ``pooler-config``'s ``task``.  No runner, or ``auto``,
+    counts as ``generate``: name the runner of a pooling model explicitly.
+    Raises ValueError naming the host and instance for flags that name no task.
+    """
+    defaults = vllm_defaults()
+    tasks = set()
+    for hv in hosts:
+        extra = hv.get("vllm_extra_args", defaults["vllm_extra_args"]) or {}
+        for instance in hv.get("vllm_instances", defaults["vllm_instances"]):
+            args = instance_config(instance, {}, extra)
+            runner = str(args.get("runner", "auto"))
+            pooler = args.get("pooler-config")
+            pooler_task = pooler.get("task") if isinstance(pooler, Mapping) else None
+            try:
+                tasks.add(vllm_routes.served_task("generate" if runner == "auto" else runner,
+                                                  str(args.get("convert", "auto")), pooler_task))
+            except ValueError as err:
+                raise ValueError(f"{hv['inventory_hostname']}/{instance['name']}: {err}") from None
+    return sorted(tasks)
+
+
+def served_allowlist(hosts: Iterable[Mapping[str, Any]], tokenizer: bool = False) -> list[str]:
+    """Exact paths for the models the backends serve: the union of each task's default.
+
+    Empty when a backend's flags name no task (``allowlist_problems`` says which).
+    """
+    try:
+        tasks = served_tasks(hosts)
+    except ValueError:
+        return []
+    return sorted({path for task in tasks for path in vllm_routes.default_allowlist(task, tokenizer)})
+
+
+def allowlist_problems(allowlist: Iterable[str], hosts: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Why the gateway must not proxy these paths to the given backends (hostvars).
+
+    Checked against the recorded route table of every vLLM version the
+    backends pin: an admin, docs or unclassified route (``/metrics``,
+    ``/load``, ...) and a path that is no route of that vLLM are refused, each
+    named with why.  A backend whose engine flags name no task is named too.
+    """
+    hosts = list(hosts)
+    allowlist = list(allowlist)
+    problems = []
+    try:
+        served_tasks(hosts)
+    except ValueError as err:
+        problems.append(f"cannot tell the served model's endpoints: {err}")
+    if not allowlist:
+        return problems or ["no endpoint to proxy"]
+    default_version = vllm_defaults()["vllm_version"]
+    for version in sorted({str(hv.get("vllm_version", default_version)) for hv in hosts} or {default_version}):
+        try:
+            table = vllm_routes.load_table(version)
+        except FileNotFoundError as err:
+            problems.append(str(err))
+            continue
+        routes = vllm_routes.all_routes(table)
+        unknown = vllm_routes.unknown_allowlist_entries(allowlist, routes)
+        problems += [f"{entry}: no such route in vLLM {version}" for entry in unknown]
+        problems += [f"{entry}: {reason}" for entry, reason in vllm_routes.forbidden_allowlist_entries(
+            [e for e in allowlist if e not in unknown], routes, table.get("auth"))]
+    return problems
 
 
 def size_bytes(size: str | int) -> int:

@@ -26,6 +26,8 @@ class FilterModule:
             "vllm_fleet_size_bytes": gateway.size_bytes,
             "vllm_fleet_lua_config": gateway.lua_config,
             "vllm_fleet_endpoint_kind": gateway.endpoint_kind,
+            "vllm_fleet_served_allowlist": gateway.served_allowlist,
+            "vllm_fleet_allowlist_problems": gateway.allowlist_problems,
             "vllm_fleet_rate": gateway.rate_spec,
             "vllm_fleet_client_problems": gateway.client_problems,
             "vllm_fleet_in_subnet": gateway.in_subnet,
