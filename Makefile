@@ -15,13 +15,18 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export VLLM_FLEET_LAB_DIR := $(CURDIR)/$(LAB)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help venv images lab-assets lab lab-down lint unit molecule test bench clean
+.PHONY: help bootstrap venv images lab-assets lab lab-down lint unit molecule test bench clean
 
 help:
 	@echo "make lab       bring up the local lab and serve a completion through it"
 	@echo "make test      lint + unit tests + Molecule scenarios ($(SCENARIOS))"
 	@echo "make bench     measurements (prints tables; see bench/README.md)"
 	@echo "make lab-down  remove the lab containers"
+
+# Debian packages and a running Docker engine (as root on a bare Debian 12;
+# nothing to do on a prepared machine).  .ci/run uses the same script.
+bootstrap:
+	scripts/bootstrap.sh
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -44,7 +49,7 @@ images:
 lab-assets: venv
 	scripts/lab-assets.sh $(LAB)
 
-lab: venv images lab-assets
+lab: bootstrap venv images lab-assets
 	$(BIN)/ansible-playbook playbooks/lab.yml
 	$(BIN)/ansible-playbook -i inventories/lab playbooks/lab-secrets.yml
 	$(BIN)/ansible-playbook -i inventories/lab playbooks/lab-pki.yml
@@ -71,9 +76,9 @@ molecule: venv images lab-assets
 	    || { $(PY) scripts/failed-tasks.py .cache/logs/molecule-$$s.log; exit 1; }; \
 	done
 
-test: lint unit molecule
+test: bootstrap lint unit molecule
 
-bench: venv images lab-assets
+bench: bootstrap venv images lab-assets
 	$(PY) bench/run.py --runs 3 --restarts 5
 	$(BIN)/molecule create -s cluster && $(BIN)/molecule prepare -s cluster && $(BIN)/molecule converge -s cluster
 	$(PY) bench/cluster.py --runs 5 --requests 100
