@@ -3,6 +3,7 @@
 Where each fixture comes from: tests/fixtures/nvidia-smi/SOURCES.md.
 """
 import ctypes
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -478,9 +479,14 @@ def test_collect_with_nvml_init_errors(code, state, words):
     assert words in facts["message"]
 
 
-def test_import_nvml_is_optional():
-    nvml = gpu.import_nvml()
-    assert nvml is None or hasattr(nvml, "nvmlInit")
+def test_import_nvml_is_optional(monkeypatch):
+    # Not installed (sys.modules[name] = None makes the import fail): None, no error.
+    monkeypatch.setitem(sys.modules, "pynvml", None)
+    assert gpu.import_nvml() is None
+    # Installed: that module, whatever else is around.
+    fake = SimpleNamespace(nvmlInit=lambda: None)
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    assert gpu.import_nvml() is fake
 
 
 # --------------------------------------------------------------------------
