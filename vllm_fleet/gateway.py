@@ -228,6 +228,10 @@ def client_problems(api_clients: Iterable[Mapping[str, Any]]) -> list[str]:
     seen_names: set[str] = set()
     seen_keys: dict[str, str] = {}
     for i, c in enumerate(api_clients):
+        if not isinstance(c, Mapping):
+            problems.append(f"gateway_api_clients[{i}]={type(c).__name__}: each client is a mapping "
+                            "with at least name and key")
+            continue
         name = str(c.get("name", ""))
         key = str(c.get("key", ""))
         where = f"gateway_api_clients[{i}]"

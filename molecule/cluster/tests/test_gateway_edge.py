@@ -72,18 +72,28 @@ def test_keys_match_exactly(api):
 # --- abuse limits ----------------------------------------------------------------
 
 
-def test_requests_without_a_key_are_limited_per_address(ca):
-    """A flood of keyless requests is cut by the per-address limit, not answered 401 forever."""
+@pytest.mark.parametrize("path,answer", [("/v1/models", 401), ("/no/such/path", 404)])
+def test_requests_without_a_key_are_limited_per_address(ca, path, answer):
+    """A flood of keyless requests (or of 404s) is cut by the per-address limit, not answered forever."""
     def flood(n):
         with requests.Session() as s:
             s.verify, s.trust_env = ca, False
-            return [s.get(f"{BASE}/v1/models", timeout=10).status_code for _ in range(n)]
+            return [s.get(f"{BASE}{path}", timeout=10).status_code for _ in range(n)]
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         codes = [c for batch in pool.map(flood, [90] * 8) for c in batch]
-    assert set(codes) <= {401, 429}, set(codes)
-    assert codes.count(429) > 100, (codes.count(401), codes.count(429))
+    assert set(codes) <= {answer, 429}, set(codes)
+    assert codes.count(429) > 100, (codes.count(answer), codes.count(429))
     time.sleep(4)  # the bucket refills (100/s, burst 200) before the next test
+
+
+def test_plain_http_is_limited_per_address_too():
+    with requests.Session() as s:
+        s.trust_env = False
+        codes = [s.get(f"http://{VIP}/v1/models", allow_redirects=False, timeout=10).status_code
+                 for _ in range(400)]
+    assert set(codes) <= {301, 429} and 301 in codes and codes.count(429) > 50, set(codes)
+    time.sleep(4)
 
 
 def test_health_is_limited_per_address_too(ca):
