@@ -96,6 +96,11 @@ def priority_and_penalty(node):
     return priority, penalty
 
 
+def wait_for_priority(node, cursor, old, new):
+    """Wait until keepalived on node logs its effective priority going from old to new."""
+    wait_for(lambda: f"Changing effective priority from {old} to {new}" in keepalived_log(node, cursor), MOVE_TIMEOUT)
+
+
 def nginx_state(node):
     out = sh(node, "systemctl show -p ActiveState -p MainPID -p NRestarts nginx").stdout
     return dict(line.split("=", 1) for line in out.split())
@@ -168,16 +173,14 @@ def test_stopping_vllm_on_the_master_only_lowers_its_priority(api, alice):
     cursor = journal_cursor(master)
     try:
         sh(master, "systemctl stop vllm@default")
-        wait_for(lambda: f"Changing effective priority from {priority} to {priority - penalty}"
-                 in keepalived_log(master, cursor), MOVE_TIMEOUT)
+        wait_for_priority(master, cursor, priority, priority - penalty)
         wait_for(lambda: serves(api, alice), MOVE_TIMEOUT)
         time.sleep(3)
         assert vip_holders() == [master]
         assert "FAULT" not in keepalived_log(master, cursor)
     finally:
         restore(master)
-    wait_for(lambda: f"Changing effective priority from {priority - penalty} to {priority}"
-             in keepalived_log(master, cursor), MOVE_TIMEOUT)
+    wait_for_priority(master, cursor, priority - penalty, priority)
     assert vip_holders() == [master]
 
 
@@ -241,8 +244,7 @@ def test_double_fault_the_vip_goes_to_the_node_that_can_serve(api, alice):
     try:
         sh(backup, "systemctl kill --signal=SIGKILL vllm@default")
         # vLLM restarts after RestartSec (10 s) and loads for longer than that.
-        wait_for(lambda: f"Changing effective priority from {priority} to {priority - penalty}"
-                 in keepalived_log(backup, cursor), MOVE_TIMEOUT)
+        wait_for_priority(backup, cursor, priority, priority - penalty)
         assert "FAULT" not in keepalived_log(backup, cursor)
         health = f"curl -fsS -o /dev/null --max-time 1 http://{NODES[backup]}:8000/health"
         assert sh(backup, health, check=False).returncode != 0, "the backup's vLLM was back before the second fault"

@@ -366,19 +366,27 @@ function M.log()
   end
 end
 
+-- One metric family: its HELP and TYPE lines, then its samples.
+local function family(out, name, kind, help, samples)
+  out[#out + 1] = "# HELP " .. name .. " " .. help .. "\n"
+  out[#out + 1] = "# TYPE " .. name .. " " .. kind .. "\n"
+  for _, line in ipairs(samples) do
+    out[#out + 1] = line
+  end
+end
+
 -- Prometheus text format (0.0.4) of the counters and quotas.
 function M.metrics()
-  local out = {
-    "# HELP vllm_fleet_gateway_tokens_total Tokens vLLM reported in usage for requests through this gateway.\n",
-    "# TYPE vllm_fleet_gateway_tokens_total counter\n",
-  }
+  local out, tokens = {}, {}
   for _, key in ipairs(dict:get_keys(0)) do
     local client, model, kind = key:match("^t\t([^\t]*)\t([^\t]*)\t([^\t]*)$")
     if client then
-      out[#out + 1] = string.format('vllm_fleet_gateway_tokens_total{client="%s",model="%s",type="%s"} %d\n',
+      tokens[#tokens + 1] = string.format('vllm_fleet_gateway_tokens_total{client="%s",model="%s",type="%s"} %d\n',
         client, model, kind, dict:get(key) or 0)
     end
   end
+  family(out, "vllm_fleet_gateway_tokens_total", "counter",
+    "Tokens vLLM reported in usage for requests through this gateway.", tokens)
   -- Every client with a quota has all three series from the start (a counter
   -- that appears at its first increment hides that increment from increase()).
   local rejected, quota, used = {}, {}, {}
@@ -395,21 +403,11 @@ function M.metrics()
       end
     end
   end
-  out[#out + 1] = "# HELP vllm_fleet_gateway_token_quota_rejected_total Requests refused because a token quota was used up.\n"
-  out[#out + 1] = "# TYPE vllm_fleet_gateway_token_quota_rejected_total counter\n"
-  for _, line in ipairs(rejected) do
-    out[#out + 1] = line
-  end
-  out[#out + 1] = "# HELP vllm_fleet_gateway_token_quota_tokens A client's token quota per window.\n"
-  out[#out + 1] = "# TYPE vllm_fleet_gateway_token_quota_tokens gauge\n"
-  for _, line in ipairs(quota) do
-    out[#out + 1] = line
-  end
-  out[#out + 1] = "# HELP vllm_fleet_gateway_token_quota_used_tokens Tokens charged to a client in the current window.\n"
-  out[#out + 1] = "# TYPE vllm_fleet_gateway_token_quota_used_tokens gauge\n"
-  for _, line in ipairs(used) do
-    out[#out + 1] = line
-  end
+  family(out, "vllm_fleet_gateway_token_quota_rejected_total", "counter",
+    "Requests refused because a token quota was used up.", rejected)
+  family(out, "vllm_fleet_gateway_token_quota_tokens", "gauge", "A client's token quota per window.", quota)
+  family(out, "vllm_fleet_gateway_token_quota_used_tokens", "gauge",
+    "Tokens charged to a client in the current window.", used)
   ngx.header["Content-Type"] = "text/plain; version=0.0.4"
   ngx.print(table.concat(out))
 end
