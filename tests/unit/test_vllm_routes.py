@@ -6,6 +6,7 @@ import pathlib
 import pytest
 import yaml
 
+from vllm_fleet.gateway import allowlist_problems, served_allowlist
 from vllm_fleet.vllm_routes import (ADMIN, DOCS, GENERATION, MODELS, POOLING, REFUSED, TOKENIZER, UNCLASSIFIED,
                                     all_routes, classify_routes, default_allowlist, forbidden_allowlist_entries,
                                     is_guarded, load_table, mangled_cases, match_route, merge, negative_cases,
@@ -134,9 +135,18 @@ def test_default_allowlists_per_task():
 
 
 def test_the_gateway_roles_default_allowlist_passes(table, default_routes):
+    """The role's default (empty: follow the served model) gives a default vLLM node the
+    generation endpoints, and those pass the gateway's own preflight rules."""
     defaults = yaml.safe_load((ROOT / "roles" / "gateway" / "defaults" / "main.yml").read_text())
-    allowlist = defaults["gateway_allowed_endpoints"]
-    assert sorted(allowlist) == default_allowlist("generate")
+    assert defaults["gateway_allowed_endpoints"] == []
+    node = {"inventory_hostname": "gpu-node-01"}
+    allowlist = served_allowlist([node], defaults["gateway_tokenize_endpoints"])
+    assert allowlist == default_allowlist("generate")
+    assert allowlist_problems(allowlist, [node]) == []
+    embedder = {"inventory_hostname": "emb-01", "vllm_extra_args": {"runner": "pooling", "convert": "embed"}}
+    assert served_allowlist([embedder]) == ["/v1/embeddings", "/v1/models"]
+    assert allowlist_problems(["/v1/models", "/metrics"], [node]) == [
+        "/metrics: route /metrics: an operations/engine-control endpoint; vLLM --api-key not checked on it"]
     assert forbidden_allowlist_entries(allowlist, default_routes, table["auth"]) == []
     assert unknown_allowlist_entries(allowlist, default_routes) == []
 
