@@ -56,6 +56,7 @@ lab: bootstrap venv images lab-assets
 	$(BIN)/ansible-playbook -i inventories/lab playbooks/lab-realtime.yml
 	$(BIN)/ansible-playbook -i inventories/lab site.yml
 	scripts/lab-completion.sh
+	scripts/lab-monitoring.sh
 
 lab-down: venv
 	$(BIN)/ansible-playbook playbooks/lab.yml -e lab_state=absent

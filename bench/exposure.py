@@ -3,7 +3,7 @@
 
     .venv/bin/python bench/exposure.py CONTAINER [CONTAINER ...]
 
-Reads each running lab container (a converged `cluster` or `monitoring`
+Reads each running lab container (a converged `cluster`
 scenario) and prints one row per unit found there, with the container it was
 read in: 0 is fully sandboxed, 10 is not at all (systemd's "UNSAFE" starts at
 9.6).  Units the project only runs as one-shot jobs are listed too.

@@ -17,6 +17,7 @@ import json
 import os
 import pathlib
 import statistics
+import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -114,6 +115,66 @@ class Load:
             "p99_s": round(latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 3) if latencies else None,
             "max_s": round(latencies[-1], 3) if latencies else None,
         }
+
+
+@dataclass
+class ServiceWatch:
+    """Each node's time out of service during a rollout, watched from outside.
+
+    Every ``interval`` seconds: is the node drained on any gateway (its flag in
+    the gateways' /var/lib/vllm-fleet/drained), and does its vLLM answer
+    /health (curl on the node, to its own address)?  ``summary()`` gives per
+    node the seconds out of rotation (drained, first to last), the seconds
+    vLLM did not answer (its stop and start), and what is left of the first
+    once the second is taken out: the rollout's own overhead for that node.
+    """
+
+    nodes: dict[str, str]
+    gateways: list[str]
+    port: int = 8000
+    interval: float = 1.0
+    events: list[tuple[float, str, bool, bool]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def _sh(node: str, command: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["docker", "exec", node, "sh", "-c", command], capture_output=True, text=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            now = time.monotonic()
+            drained = set()
+            for gateway in self.gateways:
+                drained |= set(self._sh(gateway, "ls /var/lib/vllm-fleet/drained 2>/dev/null").stdout.split())
+            for node, address in self.nodes.items():
+                healthy = self._sh(node, f"curl -sf -m 2 -o /dev/null http://{address}:{self.port}/health").returncode == 0
+                self.events.append((now, node, node in drained, healthy))
+            self._stop.wait(self.interval)
+
+    def start(self) -> "ServiceWatch":
+        self._thread.start()
+        return self
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        return self.summary()
+
+    def summary(self) -> dict:
+        out = {}
+        for node in self.nodes:
+            mine = [(t, d, h) for t, n, d, h in self.events if n == node]
+            drained = [t for t, d, _ in mine if d]
+            down = [t for t, _, h in mine if not h]
+            span = (drained[-1] - drained[0] + self.interval) if drained else 0.0
+            dark = (down[-1] - down[0] + self.interval) if down else 0.0
+            out[node] = {"out_of_rotation_s": round(span, 1), "vllm_down_s": round(dark, 1),
+                         "overhead_s": round(span - dark, 1),
+                         "down_while_in_rotation": any(not h and not d for _, d, h in mine)}
+        return out
 
 
 def main() -> int:

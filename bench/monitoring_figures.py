@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """The monitoring figures of the lab, as markdown tables for the README.
 
-    molecule test -s monitoring          # its verify writes .lab/figures/monitoring.json
+    molecule test -s cluster             # its verify writes .lab/figures/monitoring.json
     python bench/monitoring_figures.py   # prints the tables
 
-The verify step of molecule/monitoring evaluates every alert expression and
+The cluster verify (molecule/cluster/tests/test_monitoring.py) evaluates every alert expression and
 dashboard query through Prometheus's HTTP API against the live stack of one
 lab host (vLLM, node_exporter, nginx exporter, mtail, VRRP and backup
 textfile metrics, blackbox TLS probe), times VllmInstanceDown from `systemctl stop` to firing, and
@@ -28,7 +28,7 @@ def ms(value: float) -> str:
 
 def main() -> int:
     if not FIGURES.exists():
-        print(f"{FIGURES.relative_to(ROOT)} not found: run `molecule test -s monitoring` first", file=sys.stderr)
+        print(f"{FIGURES.relative_to(ROOT)} not found: run `molecule test -s cluster` first", file=sys.stderr)
         return 1
     data = json.loads(FIGURES.read_text())
     s = data["summary"]
@@ -36,7 +36,7 @@ def main() -> int:
     print("|---|---|---|---|")
     alerts_live = s["alerts_with_live_sources"]
     print(f"| alert expressions | {s['alerts_checked']} | {alerts_live} (every metric found) | "
-          f"n/a (not firing; metrics checked) |")
+          f"{s.get('inner_vectors_checked', 0)} inner vectors (without the threshold), each returning series |")
     print(f"| dashboard queries (+ template variables) | {s['queries_checked']} | {s['queries_with_live_sources']} | "
           f"{s['queries_returning_data']} |")
     print()
@@ -60,11 +60,14 @@ def main() -> int:
     for group, value in sorted(groups.items()):
         print(f"| rule group {group.split(';')[-1]} last evaluation | {ms(value)} ms |")
     print(f"| all {len(groups)} rule groups, one evaluation | {ms(sum(groups.values()))} ms |")
-    down = data.get("instance_down")
-    if down:
-        print(f"| VllmInstanceDown: stop to firing | {down['seconds_to_firing']} s "
-              f"(for {down['for_seconds']:.0f} s + 2 x {down['scrape_interval_seconds']:.0f} s scrapes "
-              f"= bound {down['bound_seconds']:.0f} s) |")
+    for name, seconds in sorted(data.get("faults_to_firing_seconds", {}).items()):
+        print(f"| {name}: faults (vLLM stopped on both nodes, nginx on one gateway) to firing | {seconds} s |")
+    if "certificate_expiring_seconds_after_the_run" in data:
+        print(f"| CertificateExpiringSoon: end of the run that served a 7-day certificate to firing | "
+              f"{data['certificate_expiring_seconds_after_the_run']} s |")
+    if "backup_stale_seconds_to_firing_after_reload" in data:
+        print(f"| BackupStale: rule reload (3-minute bound) to firing | "
+              f"{data['backup_stale_seconds_to_firing_after_reload']} s |")
     return 0
 
 

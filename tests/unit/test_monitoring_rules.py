@@ -176,7 +176,7 @@ def test_the_issue_s_alerts_exist(rendered):
         "VllmInstanceDown", "VllmRequestsWaiting", "VllmKvCacheFull", "VllmTimeToFirstTokenHigh",
         "VllmEndToEndLatencyHigh", "VllmPreemptions", "VllmEngineWedged", "NodeDown", "NodeModelDiskFull",
         "GpuTemperatureHigh", "GpuMemoryNearlyFull", "GpuXidError", "VrrpNoMaster", "VrrpMultipleMasters",
-        "BackupStale", "CertificateExpiringSoon", "GatewayHigh5xxRatio"}
+        "VrrpStateChanged", "BackupStale", "CertificateExpiringSoon", "GatewayHigh5xxRatio"}
 
 
 def _anchor(heading: str) -> str:

@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import shlex
 import subprocess
 import time
+import urllib.parse
 
 import pytest
 import requests
@@ -33,6 +35,24 @@ def sh(node: str, command: str, check: bool = True) -> subprocess.CompletedProce
     if check and proc.returncode != 0:
         raise AssertionError(f"{node}: {command}: rc={proc.returncode}\n{proc.stdout}{proc.stderr}")
     return proc
+
+
+MONITORING = "cluster-mon"
+_HTTP_GET = ("import sys, urllib.request; "
+             "sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=30).read().decode())")
+
+
+def http_get_json(node: str, url: str, **params: str) -> dict:
+    """GET a loopback-only HTTP API of a lab host (Prometheus, Alertmanager)
+    from inside it, with the host's own Python (the monitoring host has no curl)."""
+    if params:
+        url += "?" + urllib.parse.urlencode(params)
+    return json.loads(sh(node, f"python3 -c {shlex.quote(_HTTP_GET)} {shlex.quote(url)}").stdout)
+
+
+def prometheus(path: str, **params: str) -> dict:
+    """Prometheus's HTTP API on the monitoring host: prometheus("query", query="up")."""
+    return http_get_json(MONITORING, f"http://127.0.0.1:9090/api/v1/{path}", **params)
 
 
 def vip_holders() -> list[str]:

@@ -1,28 +1,37 @@
 """Backups and the restore drill, on one cluster node.
 
-Back up now (playbooks/backup.yml), record the sha256, mode and owner of every
-file in the snapshot's paths, delete the node's vLLM, nginx and keepalived
-configuration, run playbooks/restore.yml limited to that node (restore, then
-site.yml's roles), and require 0 differences and every service healthy again.
-The node is one that does not hold the VIP, so clients never notice.  The
-repository is /srv/backup/restic, shared by the nodes (a directory of this
+Back up now (playbooks/backup.yml) with a marker file among the backed-up
+configuration that no role can render, record the sha256, mode and owner of
+every file in the snapshot's paths, then destroy the node's container and
+create it again from the bare image under the same inventory name.  The drill
+compares the files right after the restore step (playbooks/restore.yml with
+restore_converge=false), before any role runs, and requires 0 differences;
+the same comparison on the rebuilt host before the restore must find the
+differences (the drill can fail).  Then restore.yml runs the roles: the
+packages arrive after their restored configuration, and the node must serve
+again.  The node is one that does not hold the VIP, so clients never notice.
+The repository is /srv/backup/restic, shared by the nodes (a directory of this
 machine mounted into each, as NFS would be).
 """
 from __future__ import annotations
 
 import json
 import re
+import secrets
 import time
 
 import pytest
 import requests
+
+import subprocess
 
 from conftest import NODES, completion, playbook, recap, secret, sh, vip_holders, wait_for
 
 TOOL = "/usr/local/libexec/vllm-fleet/vllm-fleet-backup"
 TEXTFILE = "/var/lib/prometheus/node-exporter"
 JOURNAL_DIR = "/var/lib/vllm-fleet-backup/journal"
-DELETED = ["/etc/vllm", "/etc/nginx/conf.d/vllm-fleet.conf", "/etc/nginx/vllm-fleet", "/etc/keepalived/keepalived.conf"]
+# Backed up with the node's configuration, written by no role: only a restore brings it back.
+MARKER = "/etc/nginx/vllm-fleet/restore-drill-marker"
 
 # sha256, mode and owner of every file, and the target of every link, under the given paths.
 FINGERPRINT = r"""
@@ -70,9 +79,24 @@ def node() -> str:
     return next(n for n in NODES if n not in holders)
 
 
+def differences(before: dict[str, str], after: dict[str, str]) -> dict[str, tuple]:
+    return {p: (before[p], after.get(p)) for p in before if after.get(p) != before[p]}
+
+
+def rebuild(node: str) -> None:
+    """Destroy the node's container and create it again, bare, with the same
+    name and address (playbooks/lab.yml, which makes the lab's containers)."""
+    subprocess.run(["docker", "rm", "-f", node], check=True, capture_output=True)
+    run = playbook("playbooks/lab.yml", "--limit", f"localhost,{node}", "-e", "lab_network=vllm-fleet-cluster",
+                   "-e", "lab_subnet=172.31.250.0/24", "-e", json.dumps({"lab_hosts": [node]}))
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert sh(node, "test -e /etc/nginx || test -e /opt/vllm", check=False).returncode == 1, "not a bare host"
+
+
 @pytest.fixture(scope="module")
 def backup(node) -> dict:
     """Back up now, as an operator would; the result the tool recorded."""
+    sh(node, f"umask 077 && printf '%s\\n' {secrets.token_hex(16)} > {MARKER}")
     started = time.time()
     run = playbook("playbooks/backup.yml", "--limit", node)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
@@ -140,27 +164,36 @@ def test_the_units_are_sandboxed(node):
     assert exposure <= 2.5, out[-2000:]
 
 
-def test_restore_drill(node, backup, api, alice):
+def test_restore_drill_onto_a_rebuilt_host(node, backup, api, alice):
     paths = [p for p in backup["paths"] if p != JOURNAL_DIR]
     before = fingerprint(node, paths)
-    assert len(before) > 10 and "/etc/vllm/default.yaml" in before and "/etc/nginx/vllm-fleet/server.key" in before
+    assert len(before) > 10 and "/etc/vllm/default.yaml" in before and MARKER in before
 
-    sh(node, "rm -rf " + " ".join(DELETED))
-    gone = [p for p in before if any(p == d or p.startswith(d + "/") for d in DELETED)]
-    assert not set(gone) & set(fingerprint(node, paths))
+    rebuild(node)
+    # The drill without its restore step fails: the comparison finds what is missing.
+    skipped = differences(before, fingerprint(node, paths))
+    assert MARKER in skipped and "/etc/vllm/default.yaml" in skipped, skipped
+    print(f"without the restore step: {len(skipped)} of {len(before)} files differ")
 
+    # The restore step alone, then the comparison, before any role runs.
+    run = playbook("playbooks/restore.yml", "--limit", node, "-e", "restore_converge=false")
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+    assert f"[{node}] snapshot {backup['snapshot_id']} of {node}" in run.stdout
+    restored = re.search(r'"restored: \[(.*?)\]"', run.stdout).group(1)
+    assert f"'{MARKER}'" in restored
+    assert differences(before, fingerprint(node, paths)) == {}
+    assert sh(node, "test -e /usr/sbin/nginx", check=False).returncode == 1, "a role ran"
+
+    # Then the roles: packages after their restored configuration, and the node serves.
+    started = time.monotonic()
     run = playbook("playbooks/restore.yml", "--limit", node)
     out = run.stdout
     assert run.returncode == 0, out[-6000:] + run.stderr[-2000:]
     assert recap(out)[node]["failed"] == 0
-    restored = re.search(r'"restored: \[(.*?)\]"', out).group(1)
-    for path in gone:
-        assert f"'{path}'" in restored, f"{path} not reported as restored"
-    assert f"[{node}] snapshot {backup['snapshot_id']} of {node}" in out
-
-    after = fingerprint(node, paths)
-    differences = {p: (before[p], after.get(p)) for p in before if after.get(p) != before[p]}
-    assert differences == {}, f"{len(differences)} difference(s): {differences}"
-
-    wait_for(lambda: healthy(node, api, alice), 120, interval=2)
+    assert "duplicate default server" not in out
+    assert sh(node, "test -e /usr/sbin/policy-rc.d", check=False).returncode == 1, "the start hold was left behind"
+    wait_for(lambda: healthy(node, api, alice), 180, interval=2)
+    print(f"restore and roles on the rebuilt host: {time.monotonic() - started:.0f} s to serving")
+    # What the roles render equals what was backed up; the marker is untouched.
+    assert differences(before, fingerprint(node, paths)) == {}
     wait_for(lambda: len(vip_holders()) == 1, 30)

