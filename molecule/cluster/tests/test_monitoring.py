@@ -18,7 +18,9 @@ that expires in 7 days is put on the VIP holder (CertificateExpiringSoon) and a
 backup age bound of minutes is loaded by a rule reload (BackupStale).
 
 Figures are written to .lab/figures/monitoring.json (bench/monitoring_figures.py
-prints them as the README table).
+prints them as the README table).  Last, monitoring_mode: files feeds a
+Prometheus that cluster-node3 already runs (before test_rollout.py adds that
+node to the cluster).
 """
 from __future__ import annotations
 
@@ -32,8 +34,8 @@ import time
 import requests
 import yaml
 
-from conftest import (LAB, MONITORING as MON, NODES, VIP, completion, http_get_json, playbook, prometheus, sh,
-                      vip_holders, wait_for)
+from conftest import (LAB, MONITORING as MON, NODES, VIP, completion, http_get_json, playbook, prometheus, recap,
+                      sh, vip_holders, wait_for)
 from vllm_fleet.promql import inner_vectors, selectors
 
 PROM = "http://127.0.0.1:9090"
@@ -408,3 +410,63 @@ def _write_figures():
     FIGURES.parent.mkdir(parents=True, exist_ok=True)
     FIGURES.write_text(json.dumps(data, indent=2, sort_keys=True))
     print("\n" + json.dumps(data["summary"], indent=2))
+
+
+# --- monitoring_mode: files, against a Prometheus the site already runs ------------------------
+
+def test_files_mode_feeds_an_existing_prometheus(tmp_path):
+    """cluster-node3 runs a Prometheus of its own (Debian's, installed by hand,
+    as a site's existing one would be).  The role in monitoring_mode: files
+    writes only the rule files, file_sd targets and a scrape config, and
+    reloads it; the operator includes them once (Prometheus 2.42 has no
+    scrape_config_files, so the jobs are copied), and that Prometheus then
+    evaluates the fleet's rules over the same targets as cluster-mon's.  A
+    second run changes nothing."""
+    host = "cluster-node3"
+    # A fresh one each run (purged first, should this test run again on the same host).
+    sh(host, "export DEBIAN_FRONTEND=noninteractive; apt-get purge -y -qq prometheus >/dev/null; rm -rf /etc/prometheus;"
+             " apt-get install -y -qq --no-install-recommends prometheus >/dev/null")
+    inventory = tmp_path / "existing-prometheus.yml"
+    inventory.write_text(yaml.safe_dump({"monitoring": {"hosts": {host: {
+        "monitoring_mode": "files", "monitoring_tls_probe_targets": [], "monitoring_alertmanager_receivers": []}}}}))
+    args = ("--limit", host, "--tags", "monitoring")
+    run = playbook("site.yml", *args, inventories=(str(inventory),))
+    assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-2000:]
+    assert "RUNNING HANDLER [monitoring : Reload prometheus]" in run.stdout
+    # The role left the site's prometheus.yml alone; the operator includes the fleet's files once.
+    config = yaml.safe_load(sh(host, "cat /etc/prometheus/prometheus.yml").stdout)
+    assert "vllm-fleet" not in json.dumps(config)
+    fleet = yaml.safe_load(sh(host, "cat /etc/prometheus/vllm-fleet.scrape.yml").stdout)
+    config["rule_files"] = config.get("rule_files") or []
+    config["rule_files"].append("/etc/prometheus/rules/vllm-fleet/*.rules.yml")
+    # The rules select the fleet's job names (node, vllm, ...): a job of the site's own by one
+    # of those names (Debian's default config has "node") gives way to the fleet's.
+    names = {job["job_name"] for job in fleet["scrape_configs"]}
+    config["scrape_configs"] = [j for j in config["scrape_configs"] if j["job_name"] not in names] + fleet["scrape_configs"]
+    local = tmp_path / "prometheus.yml"
+    local.write_text(yaml.safe_dump(config, sort_keys=False))
+    subprocess.run(["docker", "cp", str(local), f"{host}:/etc/prometheus/prometheus.yml"], check=True)
+    sh(host, "promtool check config /etc/prometheus/prometheus.yml && systemctl reload prometheus")
+
+    def theirs(path: str, **params: str) -> dict:
+        return http_get_json(host, f"http://127.0.0.1:9090/api/v1/{path}", **params)
+
+    def fleet_alerts() -> list[str]:
+        groups = theirs("rules", type="alert")["data"]["groups"]
+        return sorted(r["name"] for g in groups if g["name"].startswith("vllm-fleet-") for r in g["rules"])
+
+    wait_for(lambda: len(fleet_alerts()) == 25, 30, interval=1)
+    assert fleet_alerts() == sorted(r["name"] for r in alert_rules())
+
+    def targets(answer: dict) -> set[tuple[str, str]]:
+        return {(t["labels"]["job"], t["labels"]["instance"]) for t in answer["data"]["activeTargets"]
+                if t["labels"]["job"] in ("vllm", "node", "nginx", "mtail", "gateway")}
+
+    wait_for(lambda: targets(theirs("targets", state="active")) == targets(prometheus("targets", state="active")),
+             60, interval=2)
+    # Its own node_exporter answers it (the other hosts' firewalls let only cluster-mon scrape).
+    wait_for(lambda: any(s["value"][1] == "1" for s in theirs("query", query=f'up{{job="node", node="{host}"}}')
+                         ["data"]["result"]), 60, interval=2)
+    again = playbook("site.yml", *args, inventories=(str(inventory),))
+    assert again.returncode == 0, again.stdout[-5000:]
+    assert recap(again.stdout)[host]["changed"] == 0, again.stdout[-3000:]
