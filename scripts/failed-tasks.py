@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Print the failed Ansible tasks of a Molecule log, for the end of a CI log.
+"""Print the failed Ansible tasks and pytest failures of a Molecule log, for the end of a CI log.
 
 usage: failed-tasks.py LOG
 
@@ -8,6 +8,10 @@ a step failed but not which task.  This prints, for every `fatal:` or
 `failed:` result in LOG, the task header above it and the result itself, with
 Molecule's colours and frame removed.  Exit status 0 whether or not any were
 found (it runs after a failure has already been reported).
+
+The verify step's pytest output is summarised too: its "short test summary
+info" section, and the last lines of each failure's traceback (the assertion
+and its message), since pytest prints them well above Molecule's recap.
 """
 import re
 import sys
@@ -42,6 +46,47 @@ def failures(lines: list[str]) -> list[list[str]]:
     return found
 
 
+PYTEST_SECTION = re.compile(r"^_{3,} (.+?) _{3,}$")
+PYTEST_SUMMARY = re.compile(r"^=+ short test summary info =+$")
+PYTEST_END = re.compile(r"^=+ .*(passed|failed|error).* =+$")
+TAIL = 30  # lines of each failure's traceback to show
+
+
+def pytest_failures(lines: list[str]) -> list[str]:
+    """The tail of every failure section and the short summary of a pytest run."""
+    out, section, body = [], None, []
+
+    def flush():
+        if section is not None:
+            out.append(f"--- {section}")
+            out.extend(body[-TAIL:])
+
+    in_summary = False
+    for line in lines:
+        if PYTEST_SUMMARY.match(line):
+            flush()
+            section, body, in_summary = None, [], True
+            out.append(line)
+            continue
+        if in_summary:
+            out.append(line)
+            if PYTEST_END.match(line):
+                in_summary = False
+            continue
+        match = PYTEST_SECTION.match(line)
+        if match:
+            flush()
+            section, body = match.group(1), []
+        elif section is not None:
+            if PYTEST_END.match(line) or line.startswith("=" * 10):
+                flush()
+                section, body = None, []
+            else:
+                body.append(line)
+    flush()
+    return out
+
+
 def main() -> int:
     with open(sys.argv[1], encoding="utf-8", errors="replace") as log:
         lines = [clean(line) for line in log]
@@ -50,6 +95,10 @@ def main() -> int:
     for block in found:
         print("\n".join(part for part in block if part))
         print("---")
+    tests = pytest_failures(lines)
+    if tests:
+        print(f"=== pytest failures in {sys.argv[1]} ===")
+        print("\n".join(tests))
     return 0
 
 

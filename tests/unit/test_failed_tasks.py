@@ -41,3 +41,34 @@ def test_prints_the_failed_task_with_its_step_and_message(tmp_path):
 def test_ignored_failures_and_clean_logs_report_nothing(tmp_path):
     out = run(tmp_path, LOG.split("TASK [backup : Repository | Fail")[0])
     assert out.splitlines() == [f"=== 0 failed task result(s) in {tmp_path / 'molecule.log'} ==="]
+
+
+PYTEST_LOG = """\
+test_gateway.py::test_ok PASSED
+=================================== FAILURES ===================================
+_______________________________ test_alert_fires _______________________________
+""" + "".join(f"    line {i}\n" for i in range(60)) + """\
+>       assert firing == {"GatewayNginxDown"}, "not firing"
+E       AssertionError: not firing
+test_monitoring.py:42: AssertionError
+=========================== short test summary info ============================
+FAILED test_monitoring.py::test_alert_fires - AssertionError: not firing
+==================== 1 failed, 1 passed in 12.00s ====================
+\x1b[36mINFO    \x1b[0m Verifier tests failed
+"""
+
+
+def test_prints_the_pytest_failures_and_summary(tmp_path):
+    out = run(tmp_path, PYTEST_LOG)
+    assert "=== pytest failures in" in out
+    assert "--- test_alert_fires" in out
+    assert "E       AssertionError: not firing" in out
+    assert "FAILED test_monitoring.py::test_alert_fires - AssertionError: not firing" in out
+    # Only the tail of a long traceback: the first lines are left out.
+    assert "    line 0\n" not in out
+    assert "    line 59" in out
+
+
+def test_a_passing_pytest_run_adds_nothing(tmp_path):
+    out = run(tmp_path, "test_a.py::test_ok PASSED\n===== 1 passed in 0.1s =====\n")
+    assert "pytest failures" not in out
