@@ -1,7 +1,7 @@
 """Filters used by the vllm-fleet roles; thin wrappers over ``vllm_fleet``."""
 from __future__ import annotations
 
-from vllm_fleet import engine_config, gateway, requirements
+from vllm_fleet import engine_config, gateway, requirements, variables, vllm_args
 
 
 def _lines(value):
@@ -19,6 +19,8 @@ class FilterModule:
             "vllm_instance_config": engine_config.instance_config,
             "vllm_path_ancestors": engine_config.path_ancestors,
             "vllm_pip_unmet": pip_unmet,
+            "vllm_engine_arg_errors": vllm_args.fleet_engine_arg_errors,
+            "vllm_fleet_unknown_variables": variables.unknown_variable_errors,
             "vllm_fleet_backends": gateway.backends,
             "vllm_fleet_gateway_clients": gateway.clients,
             "vllm_fleet_limit_zones": gateway.limit_zones,

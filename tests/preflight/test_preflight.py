@@ -162,6 +162,25 @@ CASES = {
     "block size": ({"vllm_block_size": 12}, ["vllm_block_size=12", "1, 8, 16, 32, 64"]),
     "dtype": ({"vllm_dtype": "int4"}, ["vllm_dtype=int4", "bfloat16"]),
     "argspec type": ({"vllm_max_model_len": "lots"}, ["vllm_max_model_len", "lots"]),
+    # Typos: an engine option vLLM does not have, and a role variable no role has.
+    "engine arg typo": ({"vllm_extra_args": {"max_mdel_len": 5}},
+                        ["[bad-node] vllm_extra_args.max_mdel_len=5: 'max-mdel-len' is not an option of vLLM 0.32.0",
+                         "did you mean max_model_len?"]),
+    "instance arg typo": ({"vllm_instances": [{"name": "chat", "port": 18001,
+                                                "args": {"--enable-prefix-cacheing": True}}]},
+                          ["vllm_instances[chat].args.--enable-prefix-cacheing=true",
+                           "did you mean enable-prefix-caching?"]),
+    "engine arg choice": ({"vllm_extra_args": {"kv_cache_dtype": "fp9"}},
+                          ["vllm_extra_args.kv_cache_dtype=fp9: not a choice of vLLM 0.32.0's --kv-cache-dtype",
+                           "allowed: auto"]),
+    "alias of a managed arg": ({"vllm_extra_args": {"device_memory_utilization": 0.5}},
+                               ["vllm_extra_args.device_memory_utilization=0.5: another spelling of "
+                                "--gpu-memory-utilization"]),
+    "role variable typo": ({"vllm_gpu_memory_utilisation": 0.9},
+                           ["[bad-node] vllm_gpu_memory_utilisation=0.9: carries the vllm role's prefix",
+                            "did you mean vllm_gpu_memory_utilization?", "base_site_variables"]),
+    "secret variable typo": ({"backup_pasword": "s3cret-value"},
+                             ["backup_pasword=<hidden>", "did you mean backup_password?"]),
 }
 
 
@@ -199,7 +218,12 @@ def test_tensor_parallel_beyond_the_gpus_present(tmp_path):
 
 def test_a_valid_inventory_passes_preflight(tmp_path):
     """Control: with no bad value (GPU host included), preflight passes."""
-    result, out = run_site(tmp_path, {"vllm_package": "vllm", "vllm_tensor_parallel_size": 1},
+    result, out = run_site(tmp_path, {"vllm_package": "vllm", "vllm_tensor_parallel_size": 1,
+                                      # A site's own prefixed names, allowlisted by pattern.
+                                      "vllm_site_owner": "team-a", "base_site_variables": ["vllm_site_*"],
+                                      # Engine options as operators spell them: dashes, underscores, aliases.
+                                      "vllm_extra_args": {"enable-chunked-prefill": True, "max_logprobs": 8,
+                                                          "--seed": 1}},
                            path_prefix=NVIDIA_SMI_DOUBLE, playbook="playbooks/preflight.yml")
     assert result.returncode == 0, out[-4000:]
     assert "Preflight | Stop unless every host passed" in out

@@ -1,0 +1,38 @@
+"""vllm_fleet.variables: role-prefixed inventory variables that no role knows."""
+from vllm_fleet import variables
+
+KNOWN = {"vllm": {"vllm_gpu_memory_utilization", "vllm_version"}, "nvidia_driver": {"nvidia_driver_branch"},
+         "backup": {"backup_password", "backup_enabled"}}
+
+
+def test_roles_are_read_from_their_argument_specs_and_defaults(pytestconfig):
+    known = variables.role_variables(pytestconfig.rootpath / "roles")
+    assert {"base", "vllm", "gateway", "failover", "monitoring", "backup", "nvidia_driver"} <= set(known)
+    assert "vllm_gpu_memory_utilization" in known["vllm"]
+    assert "base_site_variables" in known["base"]
+
+
+def test_a_misspelt_role_variable_is_found_with_a_suggestion():
+    found = variables.unknown_variables(
+        ["vllm_gpu_memory_utilisation", "vllm_version", "ansible_host", "lab_dir", "nvidia_driver_brnach"], KNOWN)
+    assert found == [("nvidia_driver_brnach", "nvidia_driver", "nvidia_driver_branch"),
+                     ("vllm_gpu_memory_utilisation", "vllm", "vllm_gpu_memory_utilization")]
+
+
+def test_site_names_and_patterns_are_allowed():
+    assert variables.unknown_variables(["vllm_site_owner", "vllm_cost_centre"], KNOWN,
+                                       ["vllm_site_*", "vllm_cost_centre"]) == []
+
+
+def test_errors_name_the_value_and_hide_secrets():
+    hostvars = {"vllm_gpu_memory_utilisation": 0.9, "backup_pasword": "s3cret", "vllm_version": "0.32.0"}
+    errors = variables.unknown_variable_errors(hostvars, "roles")
+    assert errors[0].startswith("backup_pasword=<hidden>: carries the backup role's prefix")
+    assert "s3cret" not in "".join(errors)
+    assert errors[1].startswith("vllm_gpu_memory_utilisation=0.9: carries the vllm role's prefix")
+    assert "did you mean vllm_gpu_memory_utilization?" in errors[1]
+
+
+def test_secret_looking_names_are_fuzzy():
+    assert variables.looks_secret("backup_pasword") and variables.looks_secret("vllm_api_kye")
+    assert not variables.looks_secret("vllm_gpu_memory_utilisation")
