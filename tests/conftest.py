@@ -1,10 +1,6 @@
-"""Shared pytest setup: make the node-side module_utils importable.
+"""Shared pytest setup.
 
-Ansible ships ``plugins/module_utils/*.py`` to the nodes; the unit tests import
-the same files directly as plain modules.
+Everything the tests exercise imports normally: the ``vllm_fleet`` package
+(node-side code included: ``plugins/module_utils/vllm_fleet`` is a link to it,
+which Ansible ships to the nodes) and ``tests.helpers``.
 """
-import pathlib
-import sys
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "plugins" / "module_utils"))

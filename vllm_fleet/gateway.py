@@ -1,11 +1,11 @@
 """Inventory-wide logic of the gateway: backends and API clients.
 
 Plain functions so the unit tests exercise them without Ansible; the filter
-plugin ``plugins/filter/vllm_fleet.py`` wraps them.
+plugin ``plugins/filter/fleet.py`` wraps them.  The failover role's decisions
+are in ``vllm_fleet.failover``, address helpers in ``vllm_fleet.network``.
 """
 from __future__ import annotations
 
-import ipaddress
 import pathlib
 import re
 from collections.abc import Iterable, Mapping
@@ -266,72 +266,3 @@ def client_problems(api_clients: Iterable[Mapping[str, Any]]) -> list[str]:
             problems.append(f"{where}.max_body_size={c['max_body_size']!r} (client {name!r}): "
                             "an nginx size like 512k or 4m")
     return problems
-
-
-def in_subnet(addresses: Iterable[str], vip: str, prefix: int) -> list[str]:
-    """The addresses that share ``vip/prefix``'s subnet (the VIP itself excluded)."""
-    try:
-        net = ipaddress.ip_network(f"{vip}/{prefix}", strict=False)
-    except ValueError:
-        return []
-    return [a for a in addresses if a != vip and ipaddress.ip_address(a) in net]
-
-
-def interface_of(facts: Mapping[str, Any], address: str) -> str:
-    """Name of the interface holding ``address`` in a host's ansible_facts ('' if none)."""
-    for name in facts.get("interfaces", []):
-        iface = facts.get(name.replace("-", "_"), {})
-        ipv4 = iface.get("ipv4", {}) if isinstance(iface, Mapping) else {}
-        secondary = iface.get("ipv4_secondaries", []) if isinstance(iface, Mapping) else []
-        if address and (ipv4.get("address") == address or any(s.get("address") == address for s in secondary)):
-            return iface.get("device", name)
-    return ""
-
-
-def vrrp_priorities(peers: Iterable[Mapping[str, Any]]) -> dict[str, int]:
-    """Priority of every peer: its own ``failover_priority``, else 200 - 10 x position."""
-    return {
-        hv["inventory_hostname"]: int(hv["failover_priority"]) if hv.get("failover_priority") is not None
-        else 200 - 10 * index
-        for index, hv in enumerate(peers)
-    }
-
-
-def primary_ipv4(facts: Mapping[str, Any]) -> list[str]:
-    """Each interface's primary IPv4 address: a node's own addresses.
-
-    A VIP that keepalived added is a secondary address and is not listed, so
-    a converged master does not look like it owns the VIP as its address.
-    """
-    found = []
-    for name in facts.get("interfaces", []):
-        iface = facts.get(name.replace("-", "_"), {})
-        address = iface.get("ipv4", {}).get("address") if isinstance(iface, Mapping) else None
-        if address:
-            found.append(address)
-    return found
-
-
-def vip_owners(hosts: Iterable[Mapping[str, Any]], vip: str) -> list[str]:
-    """Hosts (hostvars with facts) whose own (primary) address is ``vip``."""
-    return [hv["inventory_hostname"] for hv in hosts if vip in primary_ipv4(hv.get("ansible_facts", {}))]
-
-
-def vrid_clashes(hosts: Iterable[Mapping[str, Any]], vip: str, prefix: int, vrid: int) -> list[str]:
-    """Hosts using ``vrid`` for a *different* VIP on the same subnet."""
-    try:
-        net = ipaddress.ip_network(f"{vip}/{prefix}", strict=False)
-    except ValueError:
-        return []
-    clashes = []
-    for hv in hosts:
-        other = hv.get("failover_vip")
-        if not other or other == vip or hv.get("failover_virtual_router_id") is None:
-            continue
-        try:
-            same_net = ipaddress.ip_address(other) in net
-        except ValueError:
-            continue
-        if same_net and int(hv["failover_virtual_router_id"]) == int(vrid):
-            clashes.append(hv["inventory_hostname"])
-    return clashes

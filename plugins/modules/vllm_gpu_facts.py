@@ -141,7 +141,7 @@ ansible_facts:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.vllm_fleet_gpu import (
+from ansible.module_utils.vllm_fleet.gpu_facts import (
     collect_with_nvidia_smi,
     collect_with_nvml,
     count_nvswitches,

@@ -71,7 +71,7 @@ source:
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.vllm_fleet_manifest import build, dump, is_clean, load, verify
+from ansible.module_utils.vllm_fleet.manifest import build, dump, is_clean, load, verify
 
 
 def main():

@@ -1,4 +1,4 @@
-"""The backup role's node-side tool (roles/backup/files/vllm_fleet_backup.py).
+"""The backup role's node-side tool (vllm_fleet/backup_tool.py).
 
 restic's own output here is recorded from Debian 12's restic 0.14.0
 (tests/fixtures/restic/); restic itself is not needed to run these tests.
@@ -6,7 +6,6 @@ restic's own output here is recorded from Debian 12's restic 0.14.0
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import pathlib
@@ -16,9 +15,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "restic"
-_spec = importlib.util.spec_from_file_location("vllm_fleet_backup", ROOT / "roles/backup/files/vllm_fleet_backup.py")
-tool = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(tool)
+from vllm_fleet import backup_tool as tool
 
 
 # --- configuration ---------------------------------------------------------------

@@ -1,8 +1,9 @@
 import pytest
 
-from vllm_fleet.gateway import (backends, client_problems, clients, endpoint_kind, in_subnet, interface_of,
-                                largest_body, limit_zones, lua_config, rate_spec, size_bytes, vip_owners,
-                                vrid_clashes, vrrp_priorities)
+from vllm_fleet.failover import vip_owners, vrid_clashes, vrrp_priorities
+from vllm_fleet.gateway import (backends, client_problems, clients, endpoint_kind, largest_body, limit_zones,
+                                lua_config, rate_spec, size_bytes)
+from vllm_fleet.network import in_subnet, interface_of
 
 KEY_A = "a" * 40
 KEY_B = "b" * 40

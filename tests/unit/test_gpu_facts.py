@@ -8,7 +8,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import vllm_fleet_gpu as gpu
+from vllm_fleet import gpu_facts as gpu
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "nvidia-smi"
 MIB = 1024 * 1024

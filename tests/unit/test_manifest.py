@@ -1,6 +1,6 @@
 import os
 
-import vllm_fleet_manifest as manifest
+from vllm_fleet import manifest
 
 
 def _model(tmp_path):

@@ -100,7 +100,7 @@ def render(tmp: pathlib.Path, inventory: dict, extra: dict | None = None) -> pat
                   **(extra or {})}
     (tmp / "extra.json").write_text(json.dumps(extra_vars))
     (tmp / "ansible.cfg").write_text("[defaults]\ninject_facts_as_vars = false\nretry_files_enabled = false\n")
-    env = {**os.environ, "ANSIBLE_FILTER_PLUGINS": str(ROLE / "filter_plugins"), "ANSIBLE_NOCOLOR": "1",
+    env = {**os.environ, "ANSIBLE_FILTER_PLUGINS": str(ROOT / "plugins" / "filter"), "ANSIBLE_NOCOLOR": "1",
            "ANSIBLE_CONFIG": str(tmp / "ansible.cfg")}
     proc = subprocess.run([str(ANSIBLE_PLAYBOOK), "-i", str(tmp / "hosts.yml"), str(tmp / "render.yml"),
                            "-e", f"@{tmp / 'extra.json'}"],

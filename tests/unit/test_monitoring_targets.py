@@ -1,16 +1,12 @@
-"""The monitoring role's decisions (roles/monitoring/filter_plugins/monitoring.py):
+"""The monitoring role's decisions (vllm_fleet/monitoring.py):
 file_sd targets from inventory entries, Prometheus durations, node_exporter's
 filesystem exclusions."""
-import importlib.util
 import pathlib
 
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location(
-    "monitoring_filters", ROOT / "roles" / "monitoring" / "filter_plugins" / "monitoring.py")
-mon = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(mon)
+from vllm_fleet import monitoring as mon  # noqa: E402
 
 
 def entry(node, address, **kw):

@@ -1,10 +1,9 @@
-"""The nvidia_driver role's decisions (roles/nvidia_driver/filter_plugins).
+"""The nvidia_driver role's decisions (vllm_fleet/nvidia_driver.py).
 
 Molecule runs the role in containers, where only the "no GPU / container"
 branch is real; these tests cover every other branch of the module and reboot
 decision, the PCI and dpkg parsing, and the key fingerprint check.
 """
-import importlib.util
 import pathlib
 import shutil
 import subprocess
@@ -12,11 +11,7 @@ import subprocess
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location(
-    "nvidia_driver_filters", ROOT / "roles" / "nvidia_driver" / "filter_plugins" / "nvidia_driver.py"
-)
-nd = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(nd)
+from vllm_fleet import nvidia_driver as nd  # noqa: E402
 
 # --- PCI ---------------------------------------------------------------------
 

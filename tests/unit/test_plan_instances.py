@@ -1,12 +1,13 @@
 """How the vllm role applies the planner to its instances (vllm_fleet.planner.plan_instances,
 apply_plan, visible_gpu_facts, and the filters around them)."""
-import importlib.util
+
 import json
 from pathlib import Path
 
 import pytest
-import vllm_fleet_gpu as gpu
+from vllm_fleet import gpu_facts as gpu
 
+from tests.helpers.plugins import ansible_filter
 from vllm_fleet import planner
 from vllm_fleet.planner import GiB, PlanError
 
@@ -102,10 +103,7 @@ def test_visible_gpu_facts():
 
 
 def test_filters_merge_the_role_variables():
-    spec = importlib.util.spec_from_file_location("vllm_planner_filter", ROOT / "plugins" / "filter" / "vllm_planner.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    filters = module.FilterModule().filters()
+    filters = {name: ansible_filter(name) for name in ("vllm_plan_unset", "vllm_plan_instances", "vllm_plan_apply")}
     engine = {"tensor-parallel-size": None, "max-model-len": 8192, "gpu-memory-utilization": None}
     instances = [{"name": "default", "port": 8000, "args": {"gpu_memory_utilization": 0.8}}]
     assert filters["vllm_plan_unset"](instances, engine, {}) == ["default"]

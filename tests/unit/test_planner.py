@@ -6,13 +6,14 @@ vLLM's default max_num_seqs=1024 / max_num_batched_tokens=8192). GPU facts come 
 the nvidia-smi output recorded on an H100 (tests/fixtures/nvidia-smi), configs from
 tests/fixtures/models (sources in the SOURCES.md next to them).
 """
-import importlib.util
+
 import json
 from pathlib import Path
 
 import pytest
-import vllm_fleet_gpu as gpu
+from vllm_fleet import gpu_facts as gpu
 
+from tests.helpers.plugins import ansible_filter
 from vllm_fleet import planner
 from vllm_fleet.planner import GiB, PlanError, plan
 
@@ -342,12 +343,7 @@ def test_total_memory_only_assumes_a_driver_reservation():
 
 def test_filter_plugin_turns_plan_errors_into_filter_errors():
     errors = pytest.importorskip("ansible.errors")
-    spec = importlib.util.spec_from_file_location(
-        "vllm_planner_filter", ROOT / "plugins" / "filter" / "vllm_planner.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    filters = module.FilterModule().filters()
+    filters = {name: ansible_filter(name) for name in ("vllm_plan", "vllm_weight_bytes")}
     assert filters["vllm_plan"](config("Qwen3-0.6B"), facts())["tensor_parallel_size"] == 1
     assert filters["vllm_weight_bytes"]({"metadata": {"total_size": 42}}) == 42
     assert filters["vllm_weight_bytes"]([1, 2, 3]) == 6

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """vllm-fleet backup: restic backup, retention, verification and restore of one host.
 
-Installed by the backup role as /usr/local/libexec/vllm-fleet/vllm-fleet-backup
+Lives in the vllm_fleet package; installed by the backup role as /usr/local/libexec/vllm-fleet/vllm-fleet-backup
 and run by vllm-fleet-backup.service (backup), vllm-fleet-backup-check.service
 (check) and playbooks/restore.yml (restore).  Standard library only.
 

@@ -208,19 +208,3 @@ def nvidia_driver_key_fingerprints(gpg_colons: str) -> list[str]:
         elif kind == "fpr":
             previous = "fpr"
     return fingerprints
-
-
-class FilterModule:
-    """Filters of the nvidia_driver role."""
-
-    def filters(self):
-        return {
-            "nvidia_driver_pci_summary": nvidia_driver_pci_summary,
-            "nvidia_driver_skip_reasons": nvidia_driver_skip_reasons,
-            "nvidia_driver_module_plan": nvidia_driver_module_plan,
-            "nvidia_driver_hold_candidates": nvidia_driver_hold_candidates,
-            "nvidia_driver_hold_changes": nvidia_driver_hold_changes,
-            "nvidia_driver_versioned": nvidia_driver_versioned,
-            "nvidia_driver_not_installed": nvidia_driver_not_installed,
-            "nvidia_driver_key_fingerprints": nvidia_driver_key_fingerprints,
-        }

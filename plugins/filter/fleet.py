@@ -1,7 +1,7 @@
 """Filters used by the vllm-fleet roles; thin wrappers over ``vllm_fleet``."""
 from __future__ import annotations
 
-from vllm_fleet import engine_config, gateway, requirements, variables, vllm_args
+from vllm_fleet import engine_config, failover, gateway, network, package_file, requirements, variables, vllm_args
 
 
 def _lines(value):
@@ -19,6 +19,7 @@ class FilterModule:
             "vllm_instance_config": engine_config.instance_config,
             "vllm_path_ancestors": engine_config.path_ancestors,
             "vllm_pip_unmet": pip_unmet,
+            "vllm_fleet_package_file": package_file,
             "vllm_engine_arg_errors": vllm_args.fleet_engine_arg_errors,
             "vllm_fleet_unknown_variables": variables.unknown_variable_errors,
             "vllm_fleet_backends": gateway.backends,
@@ -32,10 +33,10 @@ class FilterModule:
             "vllm_fleet_allowlist_problems": gateway.allowlist_problems,
             "vllm_fleet_rate": gateway.rate_spec,
             "vllm_fleet_client_problems": gateway.client_problems,
-            "vllm_fleet_in_subnet": gateway.in_subnet,
-            "vllm_fleet_interface_of": gateway.interface_of,
-            "vllm_fleet_vrrp_priorities": gateway.vrrp_priorities,
-            "vllm_fleet_vip_owners": gateway.vip_owners,
-            "vllm_fleet_primary_ipv4": gateway.primary_ipv4,
-            "vllm_fleet_vrid_clashes": gateway.vrid_clashes,
+            "vllm_fleet_in_subnet": network.in_subnet,
+            "vllm_fleet_interface_of": network.interface_of,
+            "vllm_fleet_vrrp_priorities": failover.vrrp_priorities,
+            "vllm_fleet_vip_owners": failover.vip_owners,
+            "vllm_fleet_primary_ipv4": network.primary_ipv4,
+            "vllm_fleet_vrid_clashes": failover.vrid_clashes,
         }

@@ -1,7 +1,7 @@
 """Model manifests: the file list of a staged model with sizes and sha256.
 
-Plain functions (no Ansible imports) so the node-side module and the unit
-tests share them.  A manifest is JSON::
+Plain functions, standard library only, so the node-side ``vllm_model_manifest``
+module (through ``plugins/module_utils/vllm_fleet``) and the unit tests share them.  A manifest is JSON::
 
     {"version": 1, "source": "hf:org/name@rev",
      "files": {"config.json": {"size": 123, "mtime_ns": ..., "sha256": "..."}}}

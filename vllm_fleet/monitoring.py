@@ -135,17 +135,3 @@ def fs_types_exclude(excluded: Iterable[str], keep: Iterable[str]) -> str:
     measured even when it is, say, the overlay root of a container)."""
     keep = set(keep)
     return "^(" + "|".join(t for t in excluded if t not in keep) + ")$"
-
-
-class FilterModule:
-    def filters(self):
-        return {
-            "monitoring_duration_seconds": duration_seconds,
-            "monitoring_hostport": hostport,
-            "monitoring_vllm_targets": vllm_targets,
-            "monitoring_vllm_target_conflicts": vllm_target_conflicts,
-            "monitoring_host_targets": host_targets,
-            "monitoring_fs_types_exclude": fs_types_exclude,
-            "monitoring_is_duration": is_duration,
-            "monitoring_is_loopback": is_loopback,
-        }

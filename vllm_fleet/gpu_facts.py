@@ -1,8 +1,9 @@
 """Parse what ``nvidia-smi`` (or NVML) says about a host's GPUs.
 
-Plain functions only, no Ansible imports: this file is shipped to managed nodes
-as Ansible ``module_utils`` and imported directly by the unit tests and by
-``scripts/gpu-plan.py``. Every parser is tested against outputs recorded on real
+Plain functions only, standard library only: this module is shipped to managed
+nodes as Ansible ``module_utils`` (``plugins/module_utils/vllm_fleet`` links to
+this package) for the ``vllm_gpu_facts`` module, and imported as
+``vllm_fleet.gpu_facts`` by the unit tests and ``python -m vllm_fleet.gpu_plan``. Every parser is tested against outputs recorded on real
 machines (``tests/fixtures/nvidia-smi``).
 
 The fact dictionary built by :func:`summarize` is the contract with the rest of

@@ -1,37 +1,26 @@
-#!/usr/bin/env python3
 """Print this machine's GPU facts and a vLLM plan for a model, as JSON.
 
 Meant for a real GPU host, to check the facts parser and the planner against
 the hardware (and, when PyTorch is installed, the usable-memory figure against
-``torch.cuda.mem_get_info``). Needs neither vLLM nor Ansible: the GPU parser
-and the planner are loaded from this checkout by path.
+``torch.cuda.mem_get_info``). Needs neither vLLM nor Ansible, nor an install:
+run it from the root of a checkout (Python imports the package from there).
 
-    scripts/gpu-plan.py                                   # Llama-3.1-8B fixture
-    scripts/gpu-plan.py path/to/config.json --weights path/to/model.safetensors.index.json \
+    python3 -m vllm_fleet.gpu_plan                        # Llama-3.1-8B fixture
+    python3 -m vllm_fleet.gpu_plan path/to/config.json --weights path/to/model.safetensors.index.json \
         --target max_model_len=16000 --target concurrency=32
 """
 import argparse
-import importlib.util
 import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+from vllm_fleet import gpu_facts as gpu
+from vllm_fleet import planner
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = ROOT / "tests" / "fixtures" / "models" / "Meta-Llama-3.1-8B" / "config.json"
-
-
-def load(name, path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
-gpu = load("vllm_fleet_gpu", ROOT / "plugins" / "module_utils" / "vllm_fleet_gpu.py")
-planner = load("vllm_fleet_planner", ROOT / "vllm_fleet" / "planner.py")
 
 
 def run(argv):
