@@ -38,3 +38,25 @@ def test_role_readme_tables_are_current():
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "role-docs.py"), "--check"],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("role", ROLES, ids=lambda p: p.name)
+def test_every_role_dispatches_on_the_os_the_same_way(role):
+    """tasks/os.yml loads vars/<Distribution>-<major>.yml or main-fallback.yml; main.yml
+    includes it first; the fallback makes preflight refuse the host."""
+    flag = f"_{role.name}_os_supported"
+    assert yaml.safe_load((role / "vars" / "Debian-12.yml").read_text())[flag] is True
+    assert yaml.safe_load((role / "vars" / "main-fallback.yml").read_text())[flag] is False
+    tasks = yaml.safe_load((role / "tasks" / "os.yml").read_text())
+    assert [t["ansible.builtin.include_vars"] for t in tasks] == [
+        f"{{{{ lookup('ansible.builtin.first_found', __{role.name}_os_files) }}}}"]
+    first = yaml.safe_load((role / "tasks" / "main.yml").read_text())[0]
+    assert first["ansible.builtin.include_tasks"]["file"] == "os.yml"
+    assert flag in (role / "tasks" / "preflight.yml").read_text()
+
+
+@pytest.mark.parametrize("role", ROLES, ids=lambda p: p.name)
+def test_role_metadata_claims_only_the_tested_platform(role):
+    """CI converges Debian 12 (bookworm) containers, and nothing else."""
+    meta = yaml.safe_load((role / "meta" / "main.yml").read_text())["galaxy_info"]
+    assert meta["platforms"] == [{"name": "Debian", "versions": ["bookworm"]}]
