@@ -21,9 +21,19 @@ from typing import Any
 import yaml
 
 
+def playbook_variables(spec_file: str | Path) -> dict[str, set[str]]:
+    """The day-2 playbooks' variables (``playbooks/argument_specs.yml``): prefix -> names."""
+    path = Path(spec_file)
+    if not path.is_file():
+        return {}
+    specs = (yaml.safe_load(path.read_text()) or {}).get("argument_specs") or {}
+    return {name: set((entry or {}).get("options") or {}) for name, entry in specs.items()}
+
+
 @functools.lru_cache(maxsize=8)
-def _role_variables(roles_dir: str) -> dict[str, frozenset[str]]:
-    return {role: frozenset(names) for role, names in role_variables(roles_dir).items()}
+def _known_variables(roles_dir: str, playbook_specs: str) -> dict[str, frozenset[str]]:
+    known = {**role_variables(roles_dir), **(playbook_variables(playbook_specs) if playbook_specs else {})}
+    return {prefix: frozenset(names) for prefix, names in known.items()}
 
 
 def role_variables(roles_dir: str | Path) -> dict[str, set[str]]:
@@ -96,13 +106,19 @@ def _shown(name: str, hostvars: Mapping[str, Any], hint: str | None = None) -> s
     return text if len(text) <= 120 else text[:117] + "..."
 
 
-def unknown_variable_errors(hostvars: Mapping[str, Any], roles_dir: str, allowed: Iterable[str] | None = None) -> list[str]:
-    """One preflight line per unknown prefixed variable of a host (``hostvars[inventory_hostname]``)."""
+def unknown_variable_errors(hostvars: Mapping[str, Any], roles_dir: str, allowed: Iterable[str] | None = None,
+                            playbook_specs: str | None = None) -> list[str]:
+    """One preflight line per unknown prefixed variable of a host (``hostvars[inventory_hostname]``).
+
+    ``playbook_specs`` adds the day-2 playbooks' own prefixes (``upgrade_``, ``restore_``).
+    """
     errors = []
-    for name, role, hint in unknown_variables(hostvars.keys(), _role_variables(str(Path(roles_dir).resolve())), allowed or ()):
+    known = _known_variables(str(Path(roles_dir).resolve()), str(Path(playbook_specs).resolve()) if playbook_specs else "")
+    for name, role, hint in unknown_variables(hostvars.keys(), known, allowed or ()):
         shown = _shown(name, hostvars, hint)
         did_you_mean = f"; did you mean {hint}?" if hint else ""
-        errors.append(f"{name}={shown}: carries the {role} role's prefix but is no argument of any vllm-fleet "
-                      f"role{did_you_mean} (allowed: the variables in roles/*/meta/argument_specs.yml, or list "
-                      f"a site's own name in base_site_variables)")
+        owner = f"the {role} role's" if role not in known or (Path(roles_dir) / role).is_dir() else f"playbooks/{role}.yml's"
+        errors.append(f"{name}={shown}: carries {owner} prefix but is no argument of any vllm-fleet "
+                      f"role or playbook{did_you_mean} (allowed: the variables in roles/*/meta/argument_specs.yml "
+                      f"and playbooks/argument_specs.yml, or list a site's own name in base_site_variables)")
     return errors

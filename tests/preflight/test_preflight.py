@@ -228,3 +228,19 @@ def test_a_valid_inventory_passes_preflight(tmp_path):
     assert result.returncode == 0, out[-4000:]
     assert "Preflight | Stop unless every host passed" in out
     assert "no host was changed" not in out
+
+
+@pytest.mark.parametrize("bad, fragments", [
+    ({"upgrade_drain_timeout": "lots"}, ["upgrade_drain_timeout", "lots"]),
+    ({"upgrade_drain_timeout": -5}, ["[bad-node] upgrade_drain_timeout=-5: must be 0-3600 seconds"]),
+    ({"upgrade_restrat": True}, ["[bad-node] upgrade_restrat=true: carries playbooks/upgrade.yml's prefix",
+                                  "did you mean upgrade_restart?"]),
+])
+def test_upgrade_refuses_bad_variables_before_any_change(tmp_path, bad, fragments):
+    result, out = run_site(tmp_path, bad, playbook="playbooks/upgrade.yml")
+    assert result.returncode != 0, out[-4000:]
+    assert re.search(r"^(fatal|failed): \[bad-node\]", out, re.M), out[-4000:]
+    for fragment in fragments:
+        assert fragment in out, f"{fragment!r} not in output:\n{out[-4000:]}"
+    assert "Upgrade | Put the node in maintenance" not in out
+    assert not (tmp_path / "state").exists()

@@ -36,3 +36,24 @@ def test_errors_name_the_value_and_hide_secrets():
 def test_secret_looking_names_are_fuzzy():
     assert variables.looks_secret("backup_pasword") and variables.looks_secret("vllm_api_kye")
     assert not variables.looks_secret("vllm_gpu_memory_utilisation")
+
+
+def test_the_day2_playbooks_variables_are_known_and_their_typos_are_not(pytestconfig):
+    root = pytestconfig.rootpath
+    specs = str(root / "playbooks" / "argument_specs.yml")
+    hostvars = {"upgrade_restart": True, "restore_converge": False, "upgrade_restrat": True}
+    [line] = variables.unknown_variable_errors(hostvars, str(root / "roles"), [], specs)
+    assert line.startswith("upgrade_restrat=true: carries playbooks/upgrade.yml's prefix")
+    assert "did you mean upgrade_restart?" in line
+
+
+def test_the_playbooks_defaults_match_their_spec(pytestconfig):
+    """upgrade.yml's play vars and the spec's defaults are one set of values."""
+    root = pytestconfig.rootpath
+    spec = variables.playbook_variables(root / "playbooks" / "argument_specs.yml")
+    assert spec["upgrade"] == {"upgrade_restart", "upgrade_move_vip", "upgrade_drain_timeout"}
+    import yaml
+    options = yaml.safe_load((root / "playbooks" / "argument_specs.yml").read_text())["argument_specs"]["upgrade"]["options"]
+    plays = yaml.safe_load((root / "playbooks" / "upgrade.yml").read_text())
+    rollout = next(p for p in plays if p.get("name") == "Roll the change out one node at a time")
+    assert {k: rollout["vars"][k] for k in options} == {k: v["default"] for k, v in options.items()}
