@@ -22,7 +22,7 @@ import yaml
 
 
 def playbook_variables(spec_file: str | Path) -> dict[str, set[str]]:
-    """The day-2 playbooks' variables (``playbooks/argument_specs.yml``): prefix -> names."""
+    """The day-2 playbooks' variables (``playbooks/vars/argument_specs.yml``): prefix -> names."""
     path = Path(spec_file)
     if not path.is_file():
         return {}
@@ -120,5 +120,5 @@ def unknown_variable_errors(hostvars: Mapping[str, Any], roles_dir: str, allowed
         owner = f"the {role} role's" if role not in known or (Path(roles_dir) / role).is_dir() else f"playbooks/{role}.yml's"
         errors.append(f"{name}={shown}: carries {owner} prefix but is no argument of any vllm-fleet "
                       f"role or playbook{did_you_mean} (allowed: the variables in roles/*/meta/argument_specs.yml "
-                      f"and playbooks/argument_specs.yml, or list a site's own name in base_site_variables)")
+                      f"and playbooks/vars/argument_specs.yml, or list a site's own name in base_site_variables)")
     return errors

@@ -40,7 +40,7 @@ def test_secret_looking_names_are_fuzzy():
 
 def test_the_day2_playbooks_variables_are_known_and_their_typos_are_not(pytestconfig):
     root = pytestconfig.rootpath
-    specs = str(root / "playbooks" / "argument_specs.yml")
+    specs = str(root / "playbooks" / "vars" / "argument_specs.yml")
     hostvars = {"upgrade_restart": True, "restore_converge": False, "upgrade_restrat": True}
     [line] = variables.unknown_variable_errors(hostvars, str(root / "roles"), [], specs)
     assert line.startswith("upgrade_restrat=true: carries playbooks/upgrade.yml's prefix")
@@ -50,10 +50,10 @@ def test_the_day2_playbooks_variables_are_known_and_their_typos_are_not(pytestco
 def test_the_playbooks_defaults_match_their_spec(pytestconfig):
     """upgrade.yml's play vars and the spec's defaults are one set of values."""
     root = pytestconfig.rootpath
-    spec = variables.playbook_variables(root / "playbooks" / "argument_specs.yml")
+    spec = variables.playbook_variables(root / "playbooks" / "vars" / "argument_specs.yml")
     assert spec["upgrade"] == {"upgrade_restart", "upgrade_move_vip", "upgrade_drain_timeout"}
     import yaml
-    options = yaml.safe_load((root / "playbooks" / "argument_specs.yml").read_text())["argument_specs"]["upgrade"]["options"]
+    options = yaml.safe_load((root / "playbooks" / "vars" / "argument_specs.yml").read_text())["argument_specs"]["upgrade"]["options"]
     plays = yaml.safe_load((root / "playbooks" / "upgrade.yml").read_text())
     rollout = next(p for p in plays if p.get("name") == "Roll the change out one node at a time")
     assert {k: rollout["vars"][k] for k in options} == {k: v["default"] for k, v in options.items()}
