@@ -78,6 +78,9 @@ def unknown_variables(names: Iterable[str], known: Mapping[str, Iterable[str]],
     return found
 
 
+#: Facts a role publishes for another (set_fact, not arguments): known names too.
+PUBLISHED_FACTS = frozenset({"nvidia_driver_reboot_pending"})
+
 SECRET_WORDS = ("key", "password", "passphrase", "secret", "token", "credential")
 
 
@@ -113,8 +116,12 @@ def unknown_variable_errors(hostvars: Mapping[str, Any], roles_dir: str, allowed
     ``playbook_specs`` adds the day-2 playbooks' own prefixes (``upgrade_``, ``restore_``).
     """
     errors = []
+    # Facts are no inventory variables: with inject_facts_as_vars (Ansible's
+    # default) the vllm_gpu fact is a top-level name too.
+    facts = hostvars.get("ansible_facts") or {}
+    names = [n for n in hostvars.keys() if n not in facts and n not in PUBLISHED_FACTS]
     known = _known_variables(str(Path(roles_dir).resolve()), str(Path(playbook_specs).resolve()) if playbook_specs else "")
-    for name, role, hint in unknown_variables(hostvars.keys(), known, allowed or ()):
+    for name, role, hint in unknown_variables(names, known, allowed or ()):
         shown = _shown(name, hostvars, hint)
         did_you_mean = f"; did you mean {hint}?" if hint else ""
         owner = f"the {role} role's" if role not in known or (Path(roles_dir) / role).is_dir() else f"playbooks/{role}.yml's"

@@ -57,3 +57,31 @@ def test_the_playbooks_defaults_match_their_spec(pytestconfig):
     plays = yaml.safe_load((root / "playbooks" / "upgrade.yml").read_text())
     rollout = next(p for p in plays if p.get("name") == "Roll the change out one node at a time")
     assert {k: rollout["vars"][k] for k in options} == {k: v["default"] for k, v in options.items()}
+
+
+def test_facts_and_published_facts_are_not_inventory_typos(pytestconfig):
+    hostvars = {"vllm_gpu": {"count": 0}, "ansible_facts": {"vllm_gpu": {"count": 0}},
+                "nvidia_driver_reboot_pending": False}
+    assert variables.unknown_variable_errors(hostvars, str(pytestconfig.rootpath / "roles")) == []
+
+
+def _set_fact_names(tasks):
+    for task in tasks or []:
+        for key in ("block", "rescue", "always"):
+            yield from _set_fact_names(task.get(key))
+        args = task.get("ansible.builtin.set_fact") or task.get("set_fact")
+        if isinstance(args, dict):
+            yield from (k for k in args if k != "cacheable")
+
+
+def test_every_role_prefixed_fact_a_role_sets_is_published(pytestconfig):
+    """A role that set_facts a `<role>_...` name must list it in PUBLISHED_FACTS, or preflight
+    would take it for a typo on a later run in the same play."""
+    import yaml
+    found = set()
+    for path in (pytestconfig.rootpath / "roles").glob("*/tasks/*.yml"):
+        found.update(_set_fact_names(yaml.safe_load(path.read_text())))
+    assert "nvidia_driver_reboot_pending" in found  # the scan sees what it should
+    prefixed = {n for n in found if not n.startswith("_")}
+    arguments = set().union(*variables.role_variables(pytestconfig.rootpath / "roles").values())
+    assert prefixed - arguments == set(variables.PUBLISHED_FACTS)
