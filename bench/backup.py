@@ -18,26 +18,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import pathlib
 import statistics
-import subprocess
 import sys
 import time
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-NODES = {"cluster-node1": "172.31.250.11", "cluster-node2": "172.31.250.12"}
-VIP = "172.31.250.100"
+from vllm_fleet.lab.cluster import NODES, VIP, playbook
+from vllm_fleet.lab.cluster import output as sh
+
 TOOL = "/usr/local/libexec/vllm-fleet/vllm-fleet-backup"
 DELETE = "rm -rf /etc/vllm /etc/nginx/conf.d/vllm-fleet.conf /etc/nginx/vllm-fleet /etc/keepalived/keepalived.conf"
 CONFIG = "/etc/vllm /etc/nginx /etc/keepalived"
-
-
-def sh(node: str, cmd: str) -> str:
-    proc = subprocess.run(["docker", "exec", node, "sh", "-c", cmd], capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.exit(f"{node}: {cmd}: {proc.stdout}{proc.stderr}")
-    return proc.stdout
 
 
 def timed(fn) -> tuple[float, object]:
@@ -50,21 +40,8 @@ def fingerprint(node: str) -> str:
     return sh(node, f"find {CONFIG} -type f -exec sha256sum {{}} + | sort")
 
 
-def inventory() -> pathlib.Path:
-    if os.environ.get("MOLECULE_INVENTORY_FILE"):
-        return pathlib.Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
-    found = sorted(pathlib.Path.home().glob(".ansible/tmp/molecule.*.cluster/inventory/ansible_inventory.yml"),
-                   key=lambda p: p.stat().st_mtime)
-    if not found:
-        sys.exit("no Molecule inventory of the cluster scenario: run `molecule converge -s cluster` first")
-    return found[-1].parent
-
-
 def restore_playbook(node: str) -> None:
-    env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
-    proc = subprocess.run([str(pathlib.Path(sys.executable).parent / "ansible-playbook"),
-                           str(ROOT / "playbooks" / "restore.yml"), "-i", str(inventory()), "--limit", node],
-                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=3600)
+    proc = playbook("playbooks/restore.yml", "--limit", node, timeout=3600)
     if proc.returncode != 0:
         sys.exit(f"restore.yml failed:\n{proc.stdout[-4000:]}{proc.stderr[-2000:]}")
 

@@ -53,34 +53,9 @@ import time
 
 import requests
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
-import wire  # noqa: E402
-
-LAB = ROOT / ".lab"
-NODES = {"cluster-node1": "172.31.250.11", "cluster-node2": "172.31.250.12"}
-VIP = "172.31.250.100"
-
-
-def secret(name: str) -> str:
-    return (LAB / "secrets" / name).read_text().split()[0]
-
-
-def sh(node: str, cmd: str, stdin: str | None = None) -> str:
-    proc = subprocess.run(["docker", "exec", "-i", node, "sh", "-c", cmd], input=stdin,
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.exit(f"{node}: {cmd}: {proc.stdout}{proc.stderr}")
-    return proc.stdout
-
-
-def holder() -> str:
-    return next(n for n in NODES if VIP in sh(n, "ip -4 -o addr show"))
-
-
-def wait_ready(node: str) -> None:
-    sh(node, ". /etc/vllm/default.env && export VLLM_API_KEY && /opt/vllm/venv/bin/python /opt/vllm/wait-ready "
-             f"vllm@default.service http://{NODES[node]}:8000 tiny-llama 300")
+from vllm_fleet.lab import wire
+from vllm_fleet.lab.cluster import CA, LAB, NODES, ROOT, VIP, holder, secret, wait_ready
+from vllm_fleet.lab.cluster import output as sh
 
 
 class Poller:
@@ -104,7 +79,7 @@ class Poller:
     def _session(self) -> requests.Session:
         if not hasattr(self.local, "session"):
             session = requests.Session()
-            session.verify = str(LAB / "pki" / "ca.crt")
+            session.verify = str(CA)
             session.trust_env = False  # REQUESTS_CA_BUNDLE would override verify=
             self.local.session = session
             with self.lock:
@@ -282,7 +257,7 @@ def capture_stop(proc: subprocess.Popen, path: str) -> str:
 def overhead(requests_n: int) -> tuple[dict[str, dict], dict[str, list[float]]]:
     client = (ROOT / "bench" / "stream_client.py").read_text()
     sh("cluster-node1", "cat > /tmp/stream_client.py", stdin=client)
-    sh("cluster-node1", "cat > /tmp/lab-ca.crt", stdin=(LAB / "pki" / "ca.crt").read_text())
+    sh("cluster-node1", "cat > /tmp/lab-ca.crt", stdin=CA.read_text())
     via, direct = "via VIP (nginx, TLS)", "direct to vLLM"
     # nginx spreads the VIP's requests over its backends; the direct path
     # takes turns over the same ones, so both sides meet the same backends.

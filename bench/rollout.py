@@ -17,28 +17,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import pathlib
 import statistics
 import subprocess
 import sys
 import time
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
-from loadgen import Load, ServiceWatch  # noqa: E402
-
-NODES = {"cluster-node1": "172.31.250.11", "cluster-node2": "172.31.250.12"}
+from vllm_fleet.lab.cluster import NODES, ROOT, scenario_inventory
+from vllm_fleet.lab.loadgen import Load, ServiceWatch
 
 
 def inventory() -> str:
     """The cluster scenario's inventory as Molecule wrote it (with the lab group_vars)."""
-    if os.environ.get("MOLECULE_INVENTORY_FILE"):
-        return str(pathlib.Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent)
-    found = sorted(pathlib.Path.home().glob(".ansible/tmp/molecule.*.cluster/inventory/ansible_inventory.yml"),
-                   key=lambda p: p.stat().st_mtime)
-    if not found:
-        sys.exit("the cluster scenario is not up: run `molecule converge -s cluster` first")
-    return str(found[-1].parent)
+    return str(scenario_inventory())
 
 
 def one_run(inv: str, baseline: float) -> dict:

@@ -46,43 +46,56 @@ def failures(lines: list[str]) -> list[list[str]]:
     return found
 
 
-PYTEST_SECTION = re.compile(r"^_{3,} (.+?) _{3,}$")
-PYTEST_SUMMARY = re.compile(r"^=+ short test summary info =+$")
-PYTEST_END = re.compile(r"^=+ .*(passed|failed|error).* =+$")
+# Molecule frames and wraps pytest's lines at its own width: headers may lose
+# their trailing rule (it comes on the next, indented line).
+PYTEST_FAILURES = re.compile(r"^=+ (FAILURES|ERRORS)\b")
+PYTEST_SECTION = re.compile(r"^_{3,} (\S.*?)(?: _{3,})?$")
+PYTEST_SUMMARY = re.compile(r"^=+ short test summary info")
+PYTEST_END = re.compile(r"^=+ .*\b(passed|failed|errors?|skipped)\b")
 TAIL = 30  # lines of each failure's traceback to show
 
 
 def pytest_failures(lines: list[str]) -> list[str]:
-    """The tail of every failure section and the short summary of a pytest run."""
-    out, section, body = [], None, []
+    """The tail of every failure section, and the FAILED/ERROR lines of the short summary."""
+    out: list[str] = []
+    section, body, state = None, [], "outside"
 
     def flush():
         if section is not None:
             out.append(f"--- {section}")
             out.extend(body[-TAIL:])
 
-    in_summary = False
     for line in lines:
+        if PYTEST_FAILURES.match(line):
+            state = "failures"
+            continue
         if PYTEST_SUMMARY.match(line):
             flush()
-            section, body, in_summary = None, [], True
-            out.append(line)
+            section, body, state = None, [], "summary"
+            out.append("=== short test summary info")
+            keep = False
             continue
-        if in_summary:
-            out.append(line)
-            if PYTEST_END.match(line):
-                in_summary = False
-            continue
-        match = PYTEST_SECTION.match(line)
-        if match:
-            flush()
-            section, body = match.group(1), []
-        elif section is not None:
-            if PYTEST_END.match(line) or line.startswith("=" * 10):
+        if state == "failures":
+            match = PYTEST_SECTION.match(line)
+            if match:
                 flush()
-                section, body = None, []
-            else:
+                section, body = match.group(1), []
+            elif PYTEST_END.match(line):
+                flush()
+                section, body, state = None, [], "outside"
+            elif section is not None:
                 body.append(line)
+        elif state == "summary":
+            if PYTEST_END.match(line):
+                out.append(line)
+                state = "outside"
+            elif line.startswith(("FAILED", "ERROR")):
+                keep = True
+                out.append(line)
+            elif line.startswith(("SKIPPED", "XFAIL", "XPASS", "PASSED")):
+                keep = False
+            elif keep and line.startswith(" "):
+                out.append(line)  # a wrapped continuation
     flush()
     return out
 

@@ -1,11 +1,8 @@
 """bench/cluster.py: the failover gap from an open-loop poller's records."""
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-import cluster  # noqa: E402
+from bench import cluster
 
 T0 = 100.0
 

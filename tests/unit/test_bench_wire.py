@@ -1,11 +1,8 @@
 """bench/wire.py: time inside the gateway from a tcpdump capture."""
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-import wire  # noqa: E402
+from vllm_fleet.lab import wire
 
 VIP, NODE, CLIENT, PEER = "172.31.250.100", "172.31.250.12", "172.31.250.11", "172.31.250.11"
 

@@ -8,29 +8,20 @@ race the server closing it (nginx closes idle connections on reload), a
 client-side artefact this load is not meant to count.  Load is bounded by a
 deadline and a request cap, whichever comes first.
 
-    python bench/loadgen.py --seconds 30 --workers 2
+    python -m vllm_fleet.lab.loadgen --seconds 30 --workers 2
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import pathlib
 import statistics
-import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
 
 import requests
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-LAB = pathlib.Path(os.environ.get("VLLM_FLEET_LAB_DIR", ROOT / ".lab"))
-VIP = "172.31.250.100"
-
-
-def secret(name: str) -> str:
-    return (LAB / "secrets" / name).read_text().split()[0]
+from vllm_fleet.lab.cluster import CA, VIP, secret, sh
 
 
 @dataclass
@@ -59,7 +50,7 @@ class Load:
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._headers = {"Authorization": f"Bearer {secret('client-lab-load')}", "Connection": "close"}
-        self._ca = str(LAB / "pki" / "ca.crt")
+        self._ca = str(CA)
 
     def _worker(self, index: int) -> None:
         end = time.monotonic() + self.deadline
@@ -139,18 +130,14 @@ class ServiceWatch:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    @staticmethod
-    def _sh(node: str, command: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["docker", "exec", node, "sh", "-c", command], capture_output=True, text=True)
-
     def _run(self) -> None:
         while not self._stop.is_set():
             now = time.monotonic()
             drained = set()
             for gateway in self.gateways:
-                drained |= set(self._sh(gateway, "ls /var/lib/vllm-fleet/drained 2>/dev/null").stdout.split())
+                drained |= set(sh(gateway, "ls /var/lib/vllm-fleet/drained 2>/dev/null", check=False).stdout.split())
             for node, address in self.nodes.items():
-                healthy = self._sh(node, f"curl -sf -m 2 -o /dev/null http://{address}:{self.port}/health").returncode == 0
+                healthy = sh(node, f"curl -sf -m 2 -o /dev/null http://{address}:{self.port}/health", check=False).returncode == 0
                 self.events.append((now, node, node in drained, healthy))
             self._stop.wait(self.interval)
 

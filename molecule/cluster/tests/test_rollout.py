@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import time
 
 import pytest
@@ -33,12 +32,11 @@ import yaml
 
 import os
 
-from conftest import LAB, NODES, ROOT, access_log, prometheus, completion, playbook, sh, vip_holders, vllm_started_at, wait_for
+from conftest import (LAB, NODES, ROOT, SPARE, access_log, completion, playbook, prometheus, sh, vip_holders,
+                      vllm_started_at, wait_for)
+from vllm_fleet.lab.loadgen import Load, ServiceWatch
 
-sys.path.insert(0, str(ROOT / "bench"))
-from loadgen import Load, ServiceWatch  # noqa: E402
-
-NODE3 = ("cluster-node3", "172.31.250.13")
+NODE3 = SPARE
 under_load = pytest.mark.skipif(os.environ.get("VLLM_FLEET_LOAD_TESTS") != "1",
                                 reason="opt-in: VLLM_FLEET_LOAD_TESTS=1 (about 35 minutes on a 2-core machine)")
 # Per node, what ServiceWatch saw during the rolling upgrade.

@@ -3,14 +3,18 @@
 Runs inside the converged container through testinfra's docker backend.
 The internal API key is read from the root-only EnvironmentFile inside the
 container and handed to curl on stdin, so it is never on a command line.
-The cluster scenario runs these same tests on one of its nodes
-(molecule/cluster/tests/test_vllm_node.py), so the address is read from the
-instance's config rather than assumed.
+The cluster scenario runs this same file on its first node (its verifier's
+additional_files_or_dirs), so the address is read from the instance's config
+rather than assumed.
 """
 import json
+import os
 import re
 import shlex
 
+
+# The scenario's first node: default-node1, or cluster-node1 when the cluster scenario runs this file.
+testinfra_hosts = [f"docker://{os.environ.get('MOLECULE_SCENARIO_NAME', 'default')}-node1"]
 
 UNIT = "vllm@default.service"
 MODEL = "tiny-llama"
