@@ -3,7 +3,7 @@
 1. A rolling upgrade that changes the vLLM release: both nodes are first put
    on the previous release (site.yml with it pinned), then playbooks/upgrade.yml
    rolls the inventory's release (the lab's) out one node at a time while
-   bench/loadgen.py sends completions through the VIP.  No
+   vllm_fleet/lab/loadgen.py sends completions through the VIP.  No
    request may fail, the VIP stays where it is, and each node is back in
    rotation within its drain and vLLM's stop/start plus 60 s (ServiceWatch
    measures both from outside).
