@@ -50,16 +50,16 @@ lab-assets: venv
 	scripts/lab-assets.sh $(LAB)
 
 lab: bootstrap venv images lab-assets
-	$(BIN)/ansible-playbook playbooks/lab.yml
-	$(BIN)/ansible-playbook -i inventories/lab playbooks/lab-secrets.yml
-	$(BIN)/ansible-playbook -i inventories/lab playbooks/lab-pki.yml
-	$(BIN)/ansible-playbook -i inventories/lab playbooks/lab-realtime.yml
+	$(BIN)/ansible-playbook playbooks/lab/containers.yml
+	$(BIN)/ansible-playbook -i inventories/lab playbooks/lab/secrets.yml
+	$(BIN)/ansible-playbook -i inventories/lab playbooks/lab/pki.yml
+	$(BIN)/ansible-playbook -i inventories/lab playbooks/lab/realtime.yml
 	$(BIN)/ansible-playbook -i inventories/lab site.yml
 	scripts/lab-completion.sh
 	scripts/lab-monitoring.sh
 
 lab-down: venv
-	$(BIN)/ansible-playbook playbooks/lab.yml -e lab_state=absent
+	$(BIN)/ansible-playbook playbooks/lab/containers.yml -e lab_state=absent
 
 lint: venv
 	$(BIN)/yamllint -s .

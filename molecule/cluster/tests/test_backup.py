@@ -88,13 +88,13 @@ def differences(before: dict[str, str], after: dict[str, str]) -> dict[str, tupl
 
 def rebuild(node: str) -> None:
     """Destroy the node's container and create it again, bare, with the same
-    name and address (playbooks/lab.yml, which makes the lab's containers)."""
+    name and address (playbooks/lab/containers.yml, which makes the lab's containers)."""
     subprocess.run(["docker", "rm", "-f", node], check=True, capture_output=True)
-    run = playbook("playbooks/lab.yml", "--limit", f"localhost,{node}", "-e", "lab_network=vllm-fleet-cluster",
+    run = playbook("playbooks/lab/containers.yml", "--limit", f"localhost,{node}", "-e", "lab_network=vllm-fleet-cluster",
                    "-e", "lab_subnet=172.31.250.0/24", "-e", json.dumps({"lab_hosts": [node]}))
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     # What `make lab` gives a new container too: a real-time budget for keepalived.
-    run = playbook("playbooks/lab-realtime.yml", "--limit", node)
+    run = playbook("playbooks/lab/realtime.yml", "--limit", node)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     assert sh(node, "test -e /etc/nginx || test -e /opt/vllm", check=False).returncode == 1, "not a bare host"
 
