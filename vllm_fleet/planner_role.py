@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from vllm_fleet.engine_config import instance_config
+from vllm_fleet.engine_config import instance_config, normalise_key
 from vllm_fleet.planner import (
     PlanError,
     apply_plan,
@@ -72,3 +72,27 @@ def plan_role_instances(instances, engine_args, extra_args, gpu_facts, config, w
 def apply(instances, planned):
     """``instances`` with the planned values added to each one's ``args`` (explicit values kept)."""
     return apply_plan(instances, planned)
+
+
+def final_instances(instances, engine_args, extra_args, planned=None):
+    """Each instance with its final engine arguments, in one pass: what the template writes.
+
+    The three layers (the role's named variables, ``vllm_extra_args``, the
+    instance's ``args``) are merged once (:func:`instance_config`), then the
+    planner's values fill only what is still unset.  Each entry keeps the
+    instance's own fields and gets ``args`` (final, keys in vLLM's dashed
+    spelling), ``given`` (keys the operator set) and ``planned`` (keys the
+    planner filled), so a config file and a report can tell them apart.
+    """
+    fills = {str(entry["name"]): entry.get("fill") or {} for entry in (planned or {}).get("instances") or []}
+    result = []
+    for inst in instances:
+        given = instance_config(inst, engine_args, extra_args or {})
+        fill = {}
+        for key, value in (fills.get(str(inst.get("name"))) or {}).items():
+            name = normalise_key(key)
+            if name not in given and value is not None:
+                fill[name] = value
+        result.append({**inst, "args": dict(sorted({**given, **fill}.items())),
+                       "given": sorted(given), "planned": sorted(fill)})
+    return result

@@ -69,4 +69,5 @@ class FilterModule:
             "vllm_plan_unset": _wrap(lambda *a, **k: planner_role.unplanned(*a, **k)),
             "vllm_plan_instances": _wrap(lambda *a, **k: planner_role.plan_role_instances(*a, **k)),
             "vllm_plan_apply": _wrap(lambda *a, **k: planner_role.apply(*a, **k)),
+            "vllm_instances_final": _wrap(lambda *a, **k: planner_role.final_instances(*a, **k)),
         }

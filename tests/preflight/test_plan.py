@@ -7,7 +7,7 @@ this machine (local connection, --check) with the nvidia-smi test double on
 PATH (a recorded one-GPU H100 SXM5 host: 79.18 GiB usable) and a controller
 model made of a real config.json plus a sparse *.safetensors file whose size
 stands for the weights; then it renders the role's own instance template from
-_vllm_instances_planned, as configure.yml does.
+the vllm_instances_final filter, as configure.yml does.
 """
 from __future__ import annotations
 
@@ -101,6 +101,10 @@ def test_explicit_values_win_and_steer_the_rest(tmp_path):
     assert config["tensor-parallel-size"] == 1 and config["max-num-seqs"] == 8
     assert config["max-num-batched-tokens"] == 8192
     assert "given gpu-memory-utilization=0.5, max-model-len=16384" in out
+    # The config file itself tells planned values from given ones.
+    text = (tmp_path / "rendered" / "default.yaml").read_text()
+    assert ("# Planned by vllm-fleet for what the inventory left unset: max-num-batched-tokens, max-num-seqs, "
+            "tensor-parallel-size.") in text
     assert "KV cache 24.38 GiB per GPU = 79.18 GiB x 0.50" in out
 
 
@@ -113,6 +117,7 @@ def test_every_argument_explicit_means_nothing_to_plan(tmp_path):
     assert "every instance sets all five sizing arguments; nothing to plan" in out
     config = rendered(tmp_path)
     assert [config[key] for key in PLANNED] == [1, 0.7, 4096, 16, 4096]
+    assert "# Planned by" not in (tmp_path / "rendered" / "default.yaml").read_text()
 
 
 def test_a_model_too_big_fails_preflight_with_the_numbers(tmp_path):

@@ -121,3 +121,21 @@ def test_a_model_the_planner_does_not_model_is_left_to_vllm():
     assert "left to vLLM" in result["report"][0]
     mig = dict(h100s(), mig_enabled=True)
     assert "not planned (MIG mode" in planner.plan_instances([instance()], mig, LLAMA_8B)["report"][0]
+
+
+def test_final_instances_merge_once_and_tell_planned_from_given():
+    from vllm_fleet.planner_role import final_instances
+    engine = {"tensor-parallel-size": None, "max-model-len": 8192, "gpu-memory-utilization": None}
+    instances = [{"name": "chat", "port": 8000, "args": {"gpu_memory_utilization": 0.8}},
+                 {"name": "other", "port": 8001}]
+    planned = {"instances": [{"name": "chat", "fill": {"tensor-parallel-size": 1, "gpu-memory-utilization": 0.5}},
+                             {"name": "other", "fill": {"max_num_seqs": 4}}]}
+    chat, other = final_instances(instances, engine, {"seed": 1}, planned)
+    # Explicit values win over the plan; None means "left to vLLM" and is dropped.
+    assert chat["args"] == {"gpu-memory-utilization": 0.8, "max-model-len": 8192, "seed": 1, "tensor-parallel-size": 1}
+    assert chat["given"] == ["gpu-memory-utilization", "max-model-len", "seed"]
+    assert chat["planned"] == ["tensor-parallel-size"]
+    assert chat["port"] == 8000 and chat["name"] == "chat"
+    assert other["args"]["max-num-seqs"] == 4 and other["planned"] == ["max-num-seqs"]
+    # Through Ansible's filter loader, as the role calls it.
+    assert ansible_filter("vllm_instances_final")(instances, engine, {}, None)[1]["planned"] == []
