@@ -6,18 +6,14 @@ are in ``vllm_fleet.failover``, address helpers in ``vllm_fleet.network``.
 """
 from __future__ import annotations
 
-import pathlib
 import re
 from collections.abc import Iterable, Mapping
-from functools import lru_cache
 from typing import Any
 
-import yaml
-
 from vllm_fleet import vllm_routes
+from vllm_fleet.endpoints import vllm_defaults
 from vllm_fleet.engine_config import instance_config
 
-_VLLM_DEFAULTS = pathlib.Path(__file__).resolve().parents[1] / "roles" / "vllm" / "defaults" / "main.yml"
 
 # Characters that can never break nginx's quoting of a map key or a header.
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9._~+/=-]{32,256}$")
@@ -28,32 +24,6 @@ CLIENT_FIELDS = frozenset({"name", "key", "rate", "burst", "max_streams", "max_b
                            "max_tokens", "token_quota_per_minute", "token_quota_per_day"})
 
 
-@lru_cache(maxsize=1)
-def vllm_defaults() -> dict[str, Any]:
-    """The vllm role's own defaults: the single source of instance defaults."""
-    return yaml.safe_load(_VLLM_DEFAULTS.read_text())
-
-
-def backends(hosts: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Every vLLM instance of the given hosts (their hostvars), in inventory order.
-
-    A host without ``vllm_instances``/``vllm_listen_address`` gets the vllm
-    role's defaults, exactly as the role itself would.
-    """
-    defaults = vllm_defaults()
-    found = []
-    for hv in hosts:
-        address = hv.get("vllm_listen_address", defaults["vllm_listen_address"])
-        for instance in hv.get("vllm_instances", defaults["vllm_instances"]):
-            found.append({
-                "host": hv["inventory_hostname"],
-                "address": address,
-                "port": int(instance["port"]),
-                "instance": instance["name"],
-                "endpoint": f"[{address}]:{instance['port']}" if ":" in str(address)
-                else f"{address}:{instance['port']}",
-            })
-    return found
 
 
 def served_tasks(hosts: Iterable[Mapping[str, Any]]) -> list[str]:

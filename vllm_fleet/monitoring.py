@@ -11,6 +11,8 @@ import ipaddress
 import re
 from typing import Any, Iterable, Mapping
 
+from vllm_fleet import endpoints
+
 #: Prometheus duration units in seconds (model/time.go ParseDuration).
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
 _DURATION = re.compile(r"^(?:[0-9]+(?:ms|s|m|h|d|w|y))+$")
@@ -135,3 +137,56 @@ def fs_types_exclude(excluded: Iterable[str], keep: Iterable[str]) -> str:
     measured even when it is, say, the overlay root of a container)."""
     keep = set(keep)
     return "^(" + "|".join(t for t in excluded if t not in keep) + ")$"
+
+
+def _as_bool(value: Any) -> bool:
+    """Ansible's ``bool`` filter: yes/no, true/false, on/off, 1/0 as text too."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("yes", "true", "on", "1", "y", "t")
+    return bool(value)
+
+
+def inventory_entries(hosts: Iterable[Mapping[str, Any]], vllm_hosts: Iterable[str], gateway_hosts: Iterable[str],
+                      own: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One scrape entry per inventory host (its hostvars), in one pass over the inventory.
+
+    ``own`` holds the monitoring host's values of the port and DCGM settings,
+    the fallback for a host that does not set its own.  A vLLM node's
+    instances and address are the fleet's one answer (``endpoints.backends``),
+    defaults of the vllm role included; a gateway's metrics listener binds its
+    default IPv4 address (the gateway role's template), not ``monitoring_address``.
+    """
+    vllm_hosts, gateway_hosts = set(vllm_hosts), set(gateway_hosts)
+    gateway_defaults = endpoints.role_defaults("gateway")
+    vllm_defaults = endpoints.vllm_defaults()
+    entries = []
+    for hv in hosts:
+        name = hv["inventory_hostname"]
+        facts = hv.get("ansible_facts") or {}
+        fallback = hv.get("ansible_host") or name
+        default_ipv4 = (facts.get("default_ipv4") or {}).get("address") or fallback
+        entry: dict[str, Any] = {
+            "node": name,
+            "address": hv.get("monitoring_address") or default_ipv4,
+            "node_port": hv.get("monitoring_node_exporter_port", own["monitoring_node_exporter_port"]),
+            "gateway": name in gateway_hosts,
+            "nginx_port": hv.get("monitoring_nginx_exporter_port", own["monitoring_nginx_exporter_port"]),
+            "mtail_port": hv.get("monitoring_mtail_port", own["monitoring_mtail_port"]),
+            "vllm": name in vllm_hosts,
+        }
+        if name in gateway_hosts:
+            entry["gateway_address"] = default_ipv4
+            entry["gateway_metrics_port"] = hv.get("gateway_metrics_port", gateway_defaults["gateway_metrics_port"])
+        if name in vllm_hosts:
+            found = endpoints.backends([hv])
+            model = hv.get("vllm_model", vllm_defaults["vllm_model"]) or {}
+            entry.update({
+                "vllm_address": found[0]["address"] if found else hv.get("vllm_listen_address",
+                                                                         vllm_defaults["vllm_listen_address"]),
+                "instances": [{"name": b["instance"], "port": b["port"]} for b in found],
+                "model": hv.get("vllm_served_model_name") or model.get("name", ""),
+                "dcgm": _as_bool(hv.get("monitoring_dcgm_enabled", own["monitoring_dcgm_enabled"])),
+                "dcgm_port": hv.get("monitoring_dcgm_port", own["monitoring_dcgm_port"]),
+            })
+        entries.append(entry)
+    return entries

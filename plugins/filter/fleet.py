@@ -1,7 +1,7 @@
 """Filters used by the vllm-fleet roles; thin wrappers over ``vllm_fleet``."""
 from __future__ import annotations
 
-from vllm_fleet import engine_config, failover, gateway, network, package_file, requirements, variables, vllm_args
+from vllm_fleet import endpoints, engine_config, failover, gateway, network, package_file, requirements, variables, vllm_args
 
 
 def _lines(value):
@@ -22,7 +22,8 @@ class FilterModule:
             "vllm_fleet_package_file": package_file,
             "vllm_engine_arg_errors": vllm_args.fleet_engine_arg_errors,
             "vllm_fleet_unknown_variables": variables.unknown_variable_errors,
-            "vllm_fleet_backends": gateway.backends,
+            "vllm_fleet_backends": endpoints.backends,
+            "vllm_fleet_role_defaults": endpoints.role_defaults,
             "vllm_fleet_gateway_clients": gateway.clients,
             "vllm_fleet_limit_zones": gateway.limit_zones,
             "vllm_fleet_largest_body": gateway.largest_body,

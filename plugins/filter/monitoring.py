@@ -6,6 +6,7 @@ from vllm_fleet.monitoring import (
     fs_types_exclude,
     host_targets,
     hostport,
+    inventory_entries,
     is_duration,
     is_loopback,
     vllm_target_conflicts,
@@ -18,6 +19,7 @@ class FilterModule:
         return {
             "monitoring_duration_seconds": duration_seconds,
             "monitoring_hostport": hostport,
+            "monitoring_inventory": inventory_entries,
             "monitoring_vllm_targets": vllm_targets,
             "monitoring_vllm_target_conflicts": vllm_target_conflicts,
             "monitoring_host_targets": host_targets,

@@ -1,7 +1,8 @@
 import pytest
 
 from vllm_fleet.failover import vip_owners, vrid_clashes, vrrp_priorities
-from vllm_fleet.gateway import (backends, client_problems, clients, endpoint_kind, largest_body, limit_zones,
+from vllm_fleet.endpoints import backends
+from vllm_fleet.gateway import (client_problems, clients, endpoint_kind, largest_body, limit_zones,
                                 lua_config, rate_spec, size_bytes)
 from vllm_fleet.network import in_subnet, interface_of
 

@@ -119,3 +119,27 @@ def test_hostport():
     assert mon.hostport("10.0.0.1", "9100") == "10.0.0.1:9100"
     assert mon.hostport("fd00::1", 9100) == "[fd00::1]:9100"
     assert mon.hostport("[fd00::1]", 9100) == "[fd00::1]:9100"
+
+
+OWN = {"monitoring_node_exporter_port": 9100, "monitoring_nginx_exporter_port": 9113, "monitoring_mtail_port": 3903,
+       "monitoring_dcgm_enabled": False, "monitoring_dcgm_port": 9400}
+
+
+def test_inventory_entries_use_the_fleets_one_answer_for_vllm_endpoints():
+    from vllm_fleet import endpoints
+    hosts = [
+        {"inventory_hostname": "gpu1", "ansible_facts": {"default_ipv4": {"address": "10.0.0.11"}},
+         "vllm_listen_address": "10.0.0.11", "monitoring_dcgm_enabled": "false"},
+        {"inventory_hostname": "gw1", "ansible_host": "10.0.0.21", "monitoring_address": "10.9.0.21"},
+    ]
+    gpu1, gw1 = mon.inventory_entries(hosts, ["gpu1"], ["gw1"], OWN)
+    # gpu1 leaves vllm_instances unset: the vllm role's default instance, as the gateway sees it.
+    assert gpu1["instances"] == [{"name": b["instance"], "port": b["port"]} for b in endpoints.backends(hosts[:1])]
+    assert gpu1["instances"] == [{"name": i["name"], "port": int(i["port"])}
+                                 for i in endpoints.vllm_defaults()["vllm_instances"]]
+    assert gpu1["vllm_address"] == "10.0.0.11" and gpu1["dcgm"] is False  # "false" as Ansible's bool reads it
+    assert gpu1["node_port"] == 9100 and gpu1["vllm"] and not gpu1["gateway"]
+    # A gateway scrapes at monitoring_address, its nginx metrics at its default address (ansible_host here).
+    assert gw1["address"] == "10.9.0.21" and gw1["gateway_address"] == "10.0.0.21"
+    assert gw1["gateway_metrics_port"] == endpoints.role_defaults("gateway")["gateway_metrics_port"]
+    assert "instances" not in gw1
