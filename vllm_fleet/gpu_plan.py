@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from vllm_fleet import gpu_facts as gpu
-from vllm_fleet import planner
+from vllm_fleet import model_memory, planner
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = ROOT / "tests" / "fixtures" / "models" / "Meta-Llama-3.1-8B" / "config.json"
@@ -57,8 +57,8 @@ def weight_bytes(path):
         return None
     path = Path(path)
     if path.is_dir():
-        return planner.weight_bytes_from_file_sizes(f.stat().st_size for f in path.glob("*.safetensors"))
-    return planner.weight_bytes_from_safetensors_index(json.loads(path.read_text()))
+        return model_memory.weight_bytes_from_file_sizes(f.stat().st_size for f in path.glob("*.safetensors"))
+    return model_memory.weight_bytes_from_safetensors_index(json.loads(path.read_text()))
 
 
 def parse_target(text):
@@ -104,7 +104,7 @@ def main():
             hf_quant_config=quant,
             model_name=config_path.parent.name,
         )
-    except planner.PlanError as error:
+    except model_memory.PlanError as error:
         report["plan_error"] = str(error)
     json.dump(report, sys.stdout, indent=2)
     sys.stdout.write("\n")

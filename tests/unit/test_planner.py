@@ -14,8 +14,9 @@ import pytest
 from vllm_fleet import gpu_facts as gpu
 
 from tests.helpers.plugins import ansible_filter
-from vllm_fleet import planner
-from vllm_fleet.planner import GiB, PlanError, plan
+from vllm_fleet import model_memory
+from vllm_fleet.model_memory import GiB, PlanError
+from vllm_fleet.planner import plan
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,7 +32,7 @@ def facts(card="h100-sxm5-80gb", count=1):
 
 
 def shape(model, **kwargs):
-    return planner.model_shape(config(model), **kwargs)
+    return model_memory.model_shape(config(model), **kwargs)
 
 
 FP8_QUANT = json.loads((FIXTURES / "models" / "Llama-3.1-70B-Instruct-FP8" / "hf_quant_config.json").read_text())
@@ -88,26 +89,26 @@ def test_reasons_show_the_budget():
 
 def test_kv_bytes_per_token():
     llama = shape("Meta-Llama-3.1-8B")
-    assert planner.kv_bytes_per_token(llama, 2) == 131072  # 2 x 32 layers x 8 heads x 128 x 2 bytes
-    assert planner.kv_bytes_per_token(llama, 1) == 65536  # fp8 KV cache halves it
+    assert model_memory.kv_bytes_per_token(llama, 2) == 131072  # 2 x 32 layers x 8 heads x 128 x 2 bytes
+    assert model_memory.kv_bytes_per_token(llama, 1) == 65536  # fp8 KV cache halves it
     qwen = shape("Qwen3-32B")
-    assert planner.kv_bytes_per_token(qwen, 2) == 262144
-    assert planner.kv_bytes_per_token(qwen, 2, tp=2) == 131072
-    assert planner.kv_bytes_per_token(qwen, 2, tp=8) == 32768
+    assert model_memory.kv_bytes_per_token(qwen, 2) == 262144
+    assert model_memory.kv_bytes_per_token(qwen, 2, tp=2) == 131072
+    assert model_memory.kv_bytes_per_token(qwen, 2, tp=8) == 32768
 
 
 def test_kv_heads_replicate_beyond_their_count():
     small = shape("Qwen3-0.6B")  # 16 attention heads, 8 KV heads
-    assert 16 in planner.valid_tensor_parallel_sizes(small, 16)
-    assert planner.kv_heads_per_gpu(small, 16) == 1
-    assert planner.kv_bytes_per_token(small, 2, tp=16) == planner.kv_bytes_per_token(small, 2, tp=8)
+    assert 16 in model_memory.valid_tensor_parallel_sizes(small, 16)
+    assert model_memory.kv_heads_per_gpu(small, 16) == 1
+    assert model_memory.kv_bytes_per_token(small, 2, tp=16) == model_memory.kv_bytes_per_token(small, 2, tp=8)
 
 
 def test_sliding_window_layers_cap_their_kv():
     oss = shape("gpt-oss-20b")  # 12 of 24 layers attend over a 128-token window
     assert (oss.sliding_layers, oss.sliding_window) == (12, 128)
-    full = planner.kv_bytes_per_token(oss, 2) * 16000
-    assert planner.sequence_kv_bytes(oss, 2, 1, 16000) == pytest.approx(full / 2, rel=0.01)
+    full = model_memory.kv_bytes_per_token(oss, 2) * 16000
+    assert model_memory.sequence_kv_bytes(oss, 2, 1, 16000) == pytest.approx(full / 2, rel=0.01)
     dense = shape("Qwen3-32B")  # sliding_window null, use_sliding_window false
     assert dense.sliding_layers == 0
 
@@ -133,30 +134,30 @@ def test_multimodal_text_config():
 
 def test_moe_weights_count_every_expert():
     mixtral = shape("Mixtral-8x7B-v0.1")
-    params = planner.estimate_weight_bytes(mixtral) / mixtral.dtype_bytes
+    params = model_memory.estimate_weight_bytes(mixtral) / mixtral.dtype_bytes
     assert params == pytest.approx(46.7e9, rel=0.01)  # Mixtral 8x7B: 46.7B parameters
-    assert planner.kv_bytes_per_token(mixtral, 2) == 131072  # experts do not touch the KV cache
+    assert model_memory.kv_bytes_per_token(mixtral, 2) == 131072  # experts do not touch the KV cache
 
 
 def test_quantized_weights():
-    bf16 = planner.estimate_weight_bytes(shape("Qwen3-32B"))
-    fp8 = planner.estimate_weight_bytes(shape("Qwen3-32B-FP8"))
+    bf16 = model_memory.estimate_weight_bytes(shape("Qwen3-32B"))
+    fp8 = model_memory.estimate_weight_bytes(shape("Qwen3-32B-FP8"))
     assert shape("Qwen3-32B-FP8").quantization == "fp8"
     assert 0.5 < fp8 / bf16 < 0.53  # linear layers in 1 byte, embeddings stay 16-bit
     # No real AWQ config.json was found (see models/SOURCES.md): this one is Qwen3-32B's
     # with the quantization_config block an AutoAWQ export writes.
     awq = dict(config("Qwen3-32B"), quantization_config={"quant_method": "awq", "bits": 4, "group_size": 128})
-    int4 = planner.estimate_weight_bytes(planner.model_shape(awq))
+    int4 = model_memory.estimate_weight_bytes(model_memory.model_shape(awq))
     assert 0.27 < int4 / bf16 < 0.30
     gguf = dict(config("Qwen3-32B"), quantization_config={"quant_method": "gguf"})
     with pytest.raises(PlanError, match="weight_bytes"):
-        planner.model_shape(gguf)
+        model_memory.model_shape(gguf)
 
 
 def test_float32_checkpoints_run_in_16_bit():
     fp32 = dict(config("Qwen3-0.6B"), torch_dtype="float32")
-    assert planner.model_shape(fp32).dtype_bytes == 2
-    assert planner.model_shape(fp32, dtype="float32").dtype_bytes == 4
+    assert model_memory.model_shape(fp32).dtype_bytes == 2
+    assert model_memory.model_shape(fp32, dtype="float32").dtype_bytes == 4
     result = plan(fp32, facts(), weight_bytes=4 * GiB)
     assert result["weight_bytes"] == 2 * GiB
     assert any("float32 checkpoint" in reason for reason in result["reasons"])
@@ -164,19 +165,19 @@ def test_float32_checkpoints_run_in_16_bit():
 
 def test_weight_bytes_helpers():
     assert (
-        planner.weight_bytes_from_safetensors_index({"metadata": {"total_size": 16060522496}, "weight_map": {}})
+        model_memory.weight_bytes_from_safetensors_index({"metadata": {"total_size": 16060522496}, "weight_map": {}})
         == 16060522496
     )
-    assert planner.weight_bytes_from_file_sizes([4976698672, 4999802720, 4915916176, 1168138808]) == 16060556376
+    assert model_memory.weight_bytes_from_file_sizes([4976698672, 4999802720, 4915916176, 1168138808]) == 16060556376
     with pytest.raises(PlanError):
-        planner.weight_bytes_from_safetensors_index({"weight_map": {}})
+        model_memory.weight_bytes_from_safetensors_index({"weight_map": {}})
 
 
 def test_not_a_language_model():
     with pytest.raises(PlanError, match="num_hidden_layers"):
-        planner.model_shape({"model_type": "vit"})
+        model_memory.model_shape({"model_type": "vit"})
     with pytest.raises(PlanError, match="latent attention"):
-        planner.model_shape(dict(config("Qwen3-32B"), kv_lora_rank=512))
+        model_memory.model_shape(dict(config("Qwen3-32B"), kv_lora_rank=512))
 
 
 # --------------------------------------------------------------------------
@@ -225,7 +226,7 @@ def test_tensor_parallel_size_divides_heads(model, count):
             plan(cfg, facts(count=count), targets={"max_model_len": 8192})
         return
     result = plan(cfg, facts(count=count), targets={"max_model_len": 8192})
-    heads = planner.model_shape(cfg).num_attention_heads
+    heads = model_memory.model_shape(cfg).num_attention_heads
     assert heads % result["tensor_parallel_size"] == 0
     assert result["instance_count"] * result["tensor_parallel_size"] <= count
 
@@ -246,8 +247,8 @@ def test_vllm_defaults_depend_on_the_card():
     h100 = plan(config("Meta-Llama-3.1-8B"), facts("h100-sxm5-80gb"), targets={"max_model_len": 8192})
     assert (h100["max_num_batched_tokens"], h100["max_num_seqs"]) == (8192, 1024)
     # vLLM keeps the small defaults on the A100 80GB (its PR #17885 measured a regression)
-    a100 = planner.GpuSpec(count=1, memory_bytes=81049 * 1024 * 1024, name="NVIDIA A100-SXM4-80GB", indices=(0,))
-    assert planner.vllm_default_limits(a100) == (2048, 256)
+    a100 = model_memory.GpuSpec(count=1, memory_bytes=81049 * 1024 * 1024, name="NVIDIA A100-SXM4-80GB", indices=(0,))
+    assert model_memory.vllm_default_limits(a100) == (2048, 256)
 
 
 def test_explicit_values_always_win():
@@ -332,8 +333,8 @@ def test_gpu_facts_must_be_usable():
 
 def test_total_memory_only_assumes_a_driver_reservation():
     (card,) = gpu.parse_query_gpu_csv((FIXTURES / "nvidia-smi" / "rtx-4090-2x.query-gpu.csv").read_text())[:1]
-    spec = planner.gpu_spec(gpu.summarize([card]))
-    assert spec.memory_bytes == int(24564 * 1024 * 1024 * (1 - planner.DEFAULT_RESERVED_FRACTION))
+    spec = model_memory.gpu_spec(gpu.summarize([card]))
+    assert spec.memory_bytes == int(24564 * 1024 * 1024 * (1 - model_memory.DEFAULT_RESERVED_FRACTION))
 
 
 # --------------------------------------------------------------------------
