@@ -79,6 +79,7 @@ def main() -> int:
     parser.add_argument("--scenario", choices=["cluster", "default"], default="cluster")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--restarts", type=int, default=5)
+    parser.add_argument("--keep", action="store_true", help="leave the last converged lab up (for tests)")
     args = parser.parse_args()
     global SCENARIO
     SCENARIO = args.scenario
@@ -100,7 +101,8 @@ def main() -> int:
         print(f"run {i + 1}: fresh {fresh[-1]:.1f} s, re-run {rerun[-1]:.1f} s", file=sys.stderr)
 
     healthy = [start_to_healthy() for _ in range(args.restarts)]
-    molecule("destroy")
+    if not args.keep:
+        molecule("destroy")
 
     ratio = statistics.median(rerun) / statistics.median(fresh)
     print("| measurement | runs | median s | min s | max s | note |")
