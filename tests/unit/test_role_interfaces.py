@@ -60,3 +60,18 @@ def test_role_metadata_claims_only_the_tested_platform(role):
     """CI converges Debian 12 (bookworm) containers, and nothing else."""
     meta = yaml.safe_load((role / "meta" / "main.yml").read_text())["galaxy_info"]
     assert meta["platforms"] == [{"name": "Debian", "versions": ["bookworm"]}]
+
+
+@pytest.mark.parametrize("role", ROLES, ids=lambda p: p.name)
+def test_a_role_skips_its_preflight_when_the_run_checked_every_host_already(role):
+    """Preflight once per run: playbooks/preflight.yml remembers that every host passed;
+    a role run without that playbook still checks its host itself."""
+    entries = [yaml.safe_load((role / "tasks" / name).read_text())
+               for name in ("main.yml", "exporters.yml") if (role / "tasks" / name).exists()]
+    for tasks in entries:
+        [include] = [t for t in tasks if t.get("ansible.builtin.include_tasks", {}).get("file") == "preflight.yml"]
+        conditions = include["when"] if isinstance(include["when"], list) else [include["when"]]
+        assert "not (_fleet_preflight_passed | default(false))" in conditions
+    gate = yaml.safe_load((ROOT / "playbooks" / "preflight.yml").read_text())[-1]
+    assert gate["any_errors_fatal"] is True
+    assert gate["tasks"][-1]["ansible.builtin.set_fact"] == {"_fleet_preflight_passed": True}
