@@ -19,8 +19,7 @@ import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 # One valid host for every preflight test, defined in tests/preflight.
-sys.path.insert(0, str(ROOT / "tests" / "preflight"))
-from test_preflight import base_vars  # noqa: E402
+from test_preflight import base_vars
 
 
 def primary_address() -> str:
