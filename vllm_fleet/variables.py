@@ -11,9 +11,9 @@ known name.  A site that keeps its own variables with such a prefix lists them
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import functools
 import json
-import fnmatch
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -124,7 +124,7 @@ def unknown_variable_errors(hostvars: Mapping[str, Any], roles_dir: str, allowed
     for name, role, hint in unknown_variables(names, known, allowed or ()):
         shown = _shown(name, hostvars, hint)
         did_you_mean = f"; did you mean {hint}?" if hint else ""
-        owner = f"the {role} role's" if role not in known or (Path(roles_dir) / role).is_dir() else f"playbooks/{role}.yml's"
+        owner = f"the {role} role's" if (Path(roles_dir) / role).is_dir() else f"playbooks/{role}.yml's"
         errors.append(f"{name}={shown}: carries {owner} prefix but is no argument of any vllm-fleet "
                       f"role or playbook{did_you_mean} (allowed: the variables in roles/*/meta/argument_specs.yml "
                       f"and playbooks/vars/argument_specs.yml, or list a site's own name in base_site_variables)")
