@@ -30,6 +30,17 @@ def playbook_variables(spec_file: str | Path) -> dict[str, set[str]]:
     return {name: set((entry or {}).get("options") or {}) for name, entry in specs.items()}
 
 
+def playbook_settings(spec_file: str | Path, playbook: str, given: dict[str, Any]) -> dict[str, Any]:
+    """A day-2 playbook's variables: its spec's defaults (an option without
+    one is None), overridden by what the inventory or -e gave.  The spec is
+    the one home of the defaults; the playbook reads this dict."""
+    specs = (yaml.safe_load(Path(spec_file).read_text()) or {}).get("argument_specs") or {}
+    options = (specs.get(playbook) or {}).get("options") or {}
+    settings = {name: (option or {}).get("default") for name, option in options.items()}
+    settings.update({name: value for name, value in given.items() if name in options})
+    return settings
+
+
 @functools.lru_cache(maxsize=8)
 def _known_variables(roles_dir: str, playbook_specs: str) -> dict[str, frozenset[str]]:
     known = {**role_variables(roles_dir), **(playbook_variables(playbook_specs) if playbook_specs else {})}

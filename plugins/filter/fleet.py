@@ -22,6 +22,7 @@ class FilterModule:
             "vllm_fleet_package_file": package_file,
             "vllm_engine_arg_errors": vllm_args.fleet_engine_arg_errors,
             "vllm_fleet_unknown_variables": variables.unknown_variable_errors,
+            "vllm_fleet_playbook_settings": variables.playbook_settings,
             "vllm_fleet_backends": endpoints.backends,
             "vllm_fleet_role_defaults": endpoints.role_defaults,
             "vllm_fleet_gateway_clients": gateway.clients,

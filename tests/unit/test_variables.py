@@ -85,3 +85,23 @@ def test_every_role_prefixed_fact_a_role_sets_is_published(pytestconfig):
     prefixed = {n for n in found if not n.startswith("_")}
     arguments = set().union(*variables.role_variables(pytestconfig.rootpath / "roles").values())
     assert prefixed - arguments == set(variables.PUBLISHED_FACTS)
+
+
+def test_playbook_settings_are_the_spec_defaults_overridden_by_what_was_given(pytestconfig):
+    spec = pytestconfig.rootpath / "playbooks" / "vars" / "argument_specs.yml"
+    settings = variables.playbook_settings(spec, "benchmark", {"benchmark_concurrency": [2], "benchmark_slo_itl_p99_ms": 50,
+                                                                "upgrade_restart": True, "benchmark_typo": 1})
+    assert settings["benchmark_concurrency"] == [2] and settings["benchmark_slo_itl_p99_ms"] == 50
+    # Defaults from the spec; an option without one is None; other playbooks' names and unknown names are not taken.
+    assert settings["benchmark_num_prompts"] == 100 and settings["benchmark_slo_failed_max"] == 0
+    assert settings["benchmark_slo_ttft_p99_ms"] is None
+    assert "upgrade_restart" not in settings and "benchmark_typo" not in settings
+
+
+def test_benchmark_yml_reads_its_variables_only_through_the_spec(pytestconfig):
+    """One home for the benchmark's defaults: the playbook never gives one itself."""
+    import re
+    text = (pytestconfig.rootpath / "playbooks" / "benchmark.yml").read_text()
+    code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    stray = [m for m in re.findall(r"(?<![_.'\w])benchmark_[a-z0-9_]+\s*\|\s*default", code)]
+    assert stray == []
