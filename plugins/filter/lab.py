@@ -6,4 +6,4 @@ from vllm_fleet.lab import platforms
 
 class FilterModule:
     def filters(self):
-        return {"vllm_fleet_lab_platform": platforms.complete}
+        return {"vllm_fleet_lab_platform": platforms.complete, "vllm_fleet_lab_host": platforms.lab_host}

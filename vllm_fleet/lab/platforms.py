@@ -1,6 +1,6 @@
 """The lab's Molecule platforms: each scenario lists only what is its own
 (name, groups, networks, extra volumes) and ``complete`` fills in the rest
-from the one declaration, ``molecule/shared/vars/platform.yml``."""
+from the one declaration, ``playbooks/lab/vars/platform.yml``."""
 from __future__ import annotations
 
 import copy
@@ -19,3 +19,15 @@ def complete(platform: dict, defaults: dict) -> dict:
         else:
             merged[key] = copy.deepcopy(value)
     return merged
+
+
+def lab_host(name: str, hostvars: dict, network: str, etc_hosts: dict) -> dict:
+    """A host of the local lab (inventories/lab) as a platform: its address on
+    the lab network, the wheelhouse and the shared restic repository."""
+    host = hostvars[name]
+    lab_dir = host["lab_dir"]
+    return {"name": name, "etc_hosts": dict(etc_hosts),
+            "volumes": [f"{lab_dir}/wheelhouse:/srv/wheelhouse:ro",
+                        # Shared by the lab nodes like an NFS mount: the restic repository.
+                        f"{lab_dir}/backup:/srv/backup:rw"],
+            "networks": [{"name": network, "ipv4_address": host["lab_address"]}]}
