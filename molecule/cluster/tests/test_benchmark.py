@@ -16,9 +16,9 @@ SMALL = {"benchmark_concurrency": [1, 2], "benchmark_num_prompts": 6, "benchmark
 TARGETS = ["gateway"] + [f"direct {node}/default" for node in NODES]
 
 
-def benchmark(report_dir: Path, **variables):
-    return playbook("playbooks/benchmark.yml", "-e", json.dumps({**SMALL, "benchmark_report_dir": str(report_dir),
-                                                                  **variables}))
+def benchmark(report_dir: Path, *args: str, **variables):
+    return playbook("playbooks/benchmark.yml", *args, "-e", json.dumps({**SMALL, "benchmark_report_dir": str(report_dir),
+                                                                         **variables}))
 
 
 def one_line(text: str) -> str:
@@ -96,6 +96,17 @@ def test_an_impossible_slo_fails_the_play_naming_the_breach(tmp_path):
     # The report is written all the same, saying what was missed.
     (report,) = tmp_path.glob("benchmark-*")
     assert "MISSED: gateway at concurrency 1: TTFT p99" in (report / "report.md").read_text()
+
+
+def test_limit_measures_that_node_directly_and_the_gateway(tmp_path):
+    """--limit cluster-node2: the direct runs go to its instance only; the load
+    host (cluster-node1, outside the limit) still runs them."""
+    run = benchmark(tmp_path, "--limit", "cluster-node2", benchmark_concurrency=[1])
+    assert run.returncode == 0, run.stdout[-4000:]
+    (report,) = tmp_path.glob("benchmark-*")
+    targets = sorted(json.loads(p.read_text())["target"] for p in (report / "raw").glob("*.json"))
+    assert targets == ["direct cluster-node2/default", "gateway"]
+    assert "- load host: cluster-node1" in (report / "report.md").read_text()
 
 
 @pytest.mark.parametrize("variables, message", [
